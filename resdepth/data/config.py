@@ -1,0 +1,23 @@
+"""Configuration of the streaming data pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from resdepth.config.core import opt
+
+
+@dataclass
+class DataConfig:
+    root: str = opt("", "Directory holding the train/, val/ and test/ split directories of tar shards.")
+    train_urls: Optional[str] = opt(None, "Shard URLs for training (brace pattern or pipe:), overriding root/train.")
+    val_urls: Optional[str] = opt(None, "Shard URLs for validation (brace pattern or pipe:), overriding root/val.")
+    num_workers: int = opt(2, "Loader worker processes per rank.")
+    shuffle_buffer: int = opt(256, "Samples held in the shuffle buffer (0 disables sample shuffling).")
+    crop: list[int] = opt([], "Random crop [H, W] applied to events, depth and mask together; [] keeps full frames.")
+    flip: bool = opt(True, "Random horizontal flip in training.")
+    depth_norm: Literal["log", "linear", "inverse"] = opt("log", "Depth normalisation: E2Depth log depth, linear D/Dmax, or inverse Dmin/D.")
+    max_depth: float = opt(80.0, "Dmax in metres for the normalisation; deeper values are clipped.")
+    min_depth: float = opt(1.0, "Dmin in metres for the inverse-depth normalisation.")
+    alpha: float = opt(3.7, "alpha of the log-depth normalisation 1 + ln(D/Dmax)/alpha.")
+    on_error: Literal["raise", "skip"] = opt("raise", "Bad sample: raise naming shard, key and reason, or skip it, count and log it.")

@@ -1,0 +1,28 @@
+"""Configuration of the U-Net (argument names as in PhysicsNeMo's SongUNet) and the training stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from resdepth.config.core import opt
+
+
+@dataclass
+class ModelConfig:
+    stage: Literal["regression", "diffusion"] = opt("regression", "Which net this run trains: the regression mean or the residual diffusion.")
+    arch: Literal["SongUNet", "SongUNetPosEmbd"] = opt("SongUNet", "U-Net class.")
+    model_channels: int = opt(32, "Base channel count of the U-Net.")
+    channel_mult: list[int] = opt([1, 2, 2], "Channel multiplier per resolution level.")
+    channel_mult_emb: int = opt(4, "Multiplier of model_channels for the noise embedding width.")
+    num_blocks: int = opt(2, "Residual blocks per resolution level.")
+    attn_resolutions: list[int] = opt([16], "Resolutions at which self-attention is applied.")
+    dropout: float = opt(0.0, "Dropout probability inside residual blocks.")
+    embedding_type: Literal["positional", "fourier", "zero"] = opt("positional", "Noise-level embedding.")
+    encoder_type: Literal["standard", "skip", "residual"] = opt("standard", "Encoder architecture.")
+    decoder_type: Literal["standard", "skip"] = opt("standard", "Decoder architecture.")
+    resample_filter: list[int] = opt([1, 1], "Resampling filter taps.")
+    checkpoint_level: int = opt(0, "Gradient checkpointing: layers at resolution >= img_resolution >> level are checkpointed (0 = off).")
+    gridtype: Literal["sinusoidal", "linear", "learnable", "test"] = opt("sinusoidal", "Positional grid of SongUNetPosEmbd.")
+    N_grid_channels: int = opt(4, "Channels of the positional grid of SongUNetPosEmbd.")
+    hr_mean_conditioning: bool = opt(False, "Residual net also sees the regression mean as a condition channel.")
+    regression_ckpt: str = opt("", "Stage 2: regression run directory, checkpoint directory or exported weights file.")

@@ -1,0 +1,44 @@
+"""Configuration of the run directory and the training loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from resdepth.config.core import opt
+
+
+@dataclass
+class RunConfig:
+    dir: str = opt("runs/default", "Run directory: config.yaml, checkpoints/, tb/, stats.jsonl, log-rankN.txt, export/.")
+    seed: int = opt(0, "Seed of model initialisation, data order and noise.")
+    log_every: int = opt(10, "Steps between stats.jsonl lines and TensorBoard scalars.")
+    image_every: int = opt(100, "Steps between TensorBoard image panels.")
+    val_every: int = opt(100, "Steps between validations on the val split (0 = never).")
+    val_batches: int = opt(4, "Batches per validation (0 = the whole split).")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = opt(1000, "Optimiser steps to train for.")
+    batch_size: int = opt(8, "Global batch size in images (split over ranks and accumulation steps).")
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.")
+    backend: Literal["ddp", "deepspeed"] = opt("ddp", "Distributed backend.")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
+    deepspeed_config: str = opt("", "DeepSpeed JSON (e.g. configs/deepspeed/zero2.json); inline keys above win.")
+    precision: Literal["fp32", "bf16"] = opt("bf16", "Autocast precision on GPU (CPU always trains in fp32).")
+    lr: float = opt(2e-4, "Peak learning rate of AdamW.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    warmup_steps: int = opt(50, "Linear warm-up steps.")
+    schedule: Literal["cosine", "step", "constant"] = opt("cosine", "Decay after warm-up.")
+    step_every: int = opt(1000, "Step decay: steps between decays.")
+    step_gamma: float = opt(0.5, "Step decay: factor per decay.")
+    min_lr_ratio: float = opt(0.05, "Cosine decay ends at lr * min_lr_ratio.")
+    clip_grad: float = opt(1.0, "Gradient norm clip (0 = off).")
+    ema_halflife_images: float = opt(5000.0, "EMA half-life in images (0 = no EMA).")
+    ckpt_every_steps: int = opt(200, "Steps between checkpoints (0 = only by time and at the end).")
+    ckpt_every_minutes: float = opt(30.0, "Minutes between checkpoints (0 = only by steps).")
+    keep_last: int = opt(3, "Complete checkpoints kept; older ones are deleted.")
+    resume: str = opt("auto", "auto (newest complete checkpoint in run.dir), never, or a checkpoint path.")
+    max_nonfinite: int = opt(5, "Non-finite losses or gradients in a row before training stops.")
+    compile: bool = opt(False, "torch.compile the network.")

@@ -1,0 +1,34 @@
+"""resdepth: residual diffusion for monocular depth from event cameras, trained at scale."""
+from setuptools import find_packages, setup
+
+setup(
+    name="resdepth",
+    version="0.1.0",
+    description="Distributed training of residual-diffusion depth estimators for event cameras",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resdepth", "resdepth.*", "launch", "launch.*",
+                                    "shards_tools", "shards_tools.*"]),
+    package_data={"launch": ["*.sh"]},
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "webdataset==1.0.2",
+        "submitit>=1.5.4",
+        "deepspeed>=0.19",
+        "tensorboard>=2.16",
+        "rich>=13",
+        "pyyaml>=6",
+        "safetensors>=0.4",
+        "h5py>=3.10",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    entry_points={
+        "console_scripts": [
+            "resdepth-shards=shards_tools.cli:main",
+            "resdepth-train=resdepth.train.__main__:cli",
+            "resdepth-eval=resdepth.eval.__main__:cli",
+            "resdepth-launch=launch.__main__:cli",
+        ]
+    },
+)
