@@ -10,7 +10,8 @@ from resdepth.config.core import opt
 @dataclass
 class ModelConfig:
     stage: Literal["regression", "diffusion"] = opt("regression", "Which net this run trains: the regression mean or the residual diffusion.")
-    arch: Literal["SongUNet", "SongUNetPosEmbd"] = opt("SongUNet", "U-Net class.")
+    arch: Literal["SongUNet", "SongUNetPosEmbd"] = opt("SongUNet", "U-Net class of the net this run trains.")
+    regression_arch: Literal["SongUNet", "SongUNetPosEmbd"] = opt("SongUNet", "Stage 2: U-Net class expected of the frozen regression net (its other sizes are the ones below).")
     model_channels: int = opt(32, "Base channel count of the U-Net.")
     channel_mult: list[int] = opt([1, 2, 2], "Channel multiplier per resolution level.")
     channel_mult_emb: int = opt(4, "Multiplier of model_channels for the noise embedding width.")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from resdepth.config.core import opt
 
@@ -23,7 +23,7 @@ class TrainerConfig:
     batch_size: int = opt(8, "Global batch size in images (split over ranks and accumulation steps).")
     grad_accum: int = opt(1, "Micro-batches accumulated per optimiser step.")
     backend: Literal["ddp", "deepspeed"] = opt("ddp", "Distributed backend.")
-    zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
+    zero_stage: Optional[int] = opt(None, "DeepSpeed ZeRO stage (0, 1 or 2); null takes the stage of deepspeed_config (default 0).")
     deepspeed_config: str = opt("", "DeepSpeed JSON (e.g. configs/deepspeed/zero2.json); inline keys above win.")
     precision: Literal["fp32", "bf16"] = opt("bf16", "Autocast precision on GPU (CPU always trains in fp32).")
     lr: float = opt(2e-4, "Peak learning rate of AdamW.")

@@ -1,0 +1,87 @@
+"""From config to networks: the U-Net arguments of each stage and the wrapped nets the losses take.
+
+The architecture of a net is described by a small JSON-able dict (``arch_spec``) that is stored
+next to its weights in every checkpoint and export, so weights are always rebuilt into the net
+they were trained as, and a mismatch is reported key by key instead of as a shape error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from resdepth.models.config import ModelConfig
+
+ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
+             "dropout", "embedding_type", "encoder_type", "decoder_type", "resample_filter",
+             "checkpoint_level")
+POS_EMBD_KEYS = ("gridtype", "N_grid_channels")
+
+
+class ArchitectureMismatch(ValueError):
+    """Weights that were trained as another network than the one configured."""
+
+
+def unet_kwargs(cfg: ModelConfig, arch: str, img_resolution: list[int], in_channels: int,
+                out_channels: int = 1) -> dict[str, Any]:
+    """Constructor arguments (PhysicsNeMo names) of ``arch`` for the configured sizes."""
+    kw: dict[str, Any] = {"img_resolution": list(img_resolution), "in_channels": in_channels,
+                          "out_channels": out_channels}
+    kw.update({k: getattr(cfg, k) for k in ARCH_KEYS})
+    if arch == "SongUNetPosEmbd":
+        kw.update({k: getattr(cfg, k) for k in POS_EMBD_KEYS})
+    return kw
+
+
+def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: list[int],
+              patching: bool = False) -> dict[str, Any]:
+    """The full description of one stage's net: class, U-Net arguments and wrapper settings."""
+    from resdepth.diffusion.precond import regression_in_channels, residual_in_channels
+
+    if stage == "regression":
+        arch = cfg.arch if cfg.stage == "regression" else cfg.regression_arch
+        in_ch = regression_in_channels(cond_channels, img_channels=1)
+        extra: dict[str, Any] = {}
+    else:
+        arch = cfg.arch
+        in_ch = residual_in_channels(cond_channels, img_channels=1,
+                                     hr_mean_conditioning=cfg.hr_mean_conditioning,
+                                     patching=patching)
+        extra = {"hr_mean_conditioning": cfg.hr_mean_conditioning, "patching": patching}
+    return {"stage": stage, "arch": arch, "img_channels": 1, "cond_channels": cond_channels,
+            "unet": unet_kwargs(cfg, arch, img_resolution, in_ch), **extra}
+
+
+def build_net(spec: dict[str, Any], sigma_data: float = 0.5) -> torch.nn.Module:
+    """The wrapped net of ``spec``: ``RegressionNet`` or ``EDMResidualNet`` around its U-Net."""
+    from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+    from resdepth.models import SongUNet, SongUNetPosEmbd
+
+    classes = {"SongUNet": SongUNet, "SongUNetPosEmbd": SongUNetPosEmbd}
+    kw = dict(spec["unet"])
+    if spec["arch"] == "SongUNet" and len(set(kw["img_resolution"])) == 1:
+        kw["img_resolution"] = kw["img_resolution"][0]
+    unet = classes[spec["arch"]](**kw)
+    if spec["stage"] == "regression":
+        return RegressionNet(unet, img_channels=spec["img_channels"])
+    return EDMResidualNet(unet, img_channels=spec["img_channels"], sigma_data=sigma_data)
+
+
+def check_same_arch(found: dict[str, Any], expected: dict[str, Any], source: str) -> None:
+    """Raise ``ArchitectureMismatch`` naming every differing field of two ``arch_spec`` dicts."""
+    diffs = []
+    for key in sorted(set(found) | set(expected)):
+        a, b = found.get(key), expected.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if _norm(a.get(k)) != _norm(b.get(k)):
+                    diffs.append(f"{key}.{k}: checkpoint has {a.get(k)!r}, config expects {b.get(k)!r}")
+        elif _norm(a) != _norm(b):
+            diffs.append(f"{key}: checkpoint has {a!r}, config expects {b!r}")
+    if diffs:
+        raise ArchitectureMismatch(f"{source} holds a different architecture than configured:\n  "
+                                   + "\n  ".join(diffs))
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,188 @@
+"""Atomic, resumable checkpoints: ``checkpoints/step-0000200/`` appears only when complete.
+
+Every rank writes its own ``rank-0000N.pt`` (RNG states, data-loader position) into a temporary
+directory; rank 0 writes ``train_state.pt`` (model, EMA, optimiser, schedule, counters) and, last,
+``meta.json``; then it renames the directory into place. A crash at any moment leaves either the
+previous complete checkpoint or the new one, never a half one that could be loaded. Everything is
+read back with ``torch.load(weights_only=True)``: no arbitrary pickle is ever executed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from resdepth import dist
+from resdepth.models.export import write_json_atomic
+
+log = logging.getLogger("resdepth")
+STEP_DIR = re.compile(r"^step-(\d{7,})$")
+# Test hook: seconds to sleep between the rank files and the commit, so a test can kill mid-save.
+FAULT_DELAY_ENV = "RESDEPTH_FAULT_CKPT_DELAY_S"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be used."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states as tensors and plain values."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers, with the file named on failure."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__}: {e})") from e
+
+
+class Checkpointer:
+    """Saves and finds complete checkpoints under ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir: Path, keep_last: int = 3):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    # ---- finding -------------------------------------------------------------------------
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a directory counts only once renamed with meta.json)."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir()
+                 if STEP_DIR.match(p.name) and (p / "meta.json").is_file()]
+        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def latest(self) -> Optional[Path]:
+        done = self.complete()
+        return done[-1] if done else None
+
+    # ---- saving --------------------------------------------------------------------------
+    def save(self, step: int, shared: dict[str, Any], per_rank: dict[str, Any],
+             meta: dict[str, Any], engine_save=None) -> Path:
+        """Collective: every rank calls it. ``engine_save(tmp_dir)`` lets DeepSpeed write its part."""
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp-{step_dir_name(step)}"
+        if dist.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        dist.barrier()
+        torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
+        if engine_save is not None:
+            engine_save(tmp)
+        delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+        if delay:
+            time.sleep(delay)
+        dist.barrier()
+        if dist.is_main():
+            torch.save(shared, tmp / "train_state.pt")
+            _fsync_tree(tmp)
+            write_json_atomic(tmp / "meta.json", {**meta, "step": step,
+                                                  "world_size": dist.world_size(),
+                                                  "saved_at": time.time()})
+            if final.exists():  # a re-save of the same step (e.g. final save after a periodic one)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self.prune()
+            log.info("checkpoint saved: %s", final)
+        dist.barrier()
+        return final
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` complete checkpoints; drop stale temporary directories."""
+        done = self.complete()
+        for old in done[:-self.keep_last] if self.keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # ---- loading -------------------------------------------------------------------------
+    @staticmethod
+    def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], Optional[dict[str, Any]]]:
+        """(meta, shared state, this rank's state or None when the world size changed)."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint (no meta.json); refusing to load it")
+        meta = json.loads(meta_path.read_text())
+        shared = safe_load(path / "train_state.pt")
+        rank_file = path / f"rank-{dist.rank():05d}.pt"
+        per_rank = None
+        if meta.get("world_size") == dist.world_size() and rank_file.is_file():
+            per_rank = safe_load(rank_file)
+        return meta, shared, per_rank
+
+
+def safe_load_deepspeed(path: str | Path) -> Any:
+    """Load one of DeepSpeed's own checkpoint files with ``weights_only=True``.
+
+    DeepSpeed stores a few plain objects beside tensors (its config, enums, a loss-scaler); only
+    those classes are allowed, so a tampered file still cannot run code.
+    """
+    allowed: list = [set, frozenset]
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+        from deepspeed.utils.tensor_fragment import fragment_address
+        allowed += [LossScaler, DynamicLossScaler, fragment_address]
+    except ImportError:  # pragma: no cover - deepspeed is a dependency
+        pass
+    try:
+        from deepspeed.checkpoint.constants import PARAM_SHAPES  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the file
+            raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {e})") from e

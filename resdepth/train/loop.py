@@ -1,0 +1,407 @@
+"""The training loop shared by both stages: regression (masked MSE) and residual diffusion (EDM).
+
+``main(cfg)`` is what ``resdepth-train``, ``torchrun``, ``srun`` and the Slurm launcher all call.
+It returns 0 when ``trainer.max_steps`` is reached and ``REQUEUE_EXIT_CODE`` after saving on a
+stop signal. Resuming is exact: model, EMA, optimiser, counters, RNG states and every rank's
+data position are restored, and the per-step noise comes from generators seeded by the step.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from resdepth import dist
+from resdepth.config import config_hash, to_yaml
+from resdepth.config.schema import Config
+from resdepth.models.build import arch_spec, build_net
+from resdepth.train.checkpoint import Checkpointer, rng_state, set_rng_state
+from resdepth.train.engine import autocast_ctx, make_engine
+from resdepth.train.monitor import Monitor, colormap
+from resdepth.train.optim import EMA, lr_at
+from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
+from resdepth.train.stage import build_loss, load_regression_net, predict_panels
+from resdepth.utils.logging import setup_logging
+
+log = logging.getLogger("resdepth")
+# Keys that may change between a run and its resumption without breaking exactness.
+RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume", "data.num_workers")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite losses or gradients in a row."""
+
+
+def resumable_hash(cfg: Config) -> str:
+    d = to_yaml(cfg)
+    import yaml
+
+    tree = yaml.safe_load(d)
+    for key in RESUME_FREE_KEYS:
+        parts = key.split(".")
+        node = tree
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    return hashlib.sha256(yaml.safe_dump(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed from the run seed and integers (step, rank, micro-batch)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+class Trainer:
+    """State of one training run; ``run()`` drives it."""
+
+    def __init__(self, cfg: Config, dry_run: bool = False):
+        from resdepth.data.loader import ShardStream, split_urls
+        from resdepth.data.norm import DepthNorm
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.dir)
+        self.device = dist.device()
+        world = dist.world_size()
+        tc = cfg.trainer
+        per_rank, rem = divmod(tc.batch_size, world * tc.grad_accum)
+        if rem or per_rank < 1:
+            raise ValueError(f"trainer.batch_size={tc.batch_size} must be a multiple of world size "
+                             f"({world}) x trainer.grad_accum ({tc.grad_accum})")
+        self.micro_batch = per_rank
+        if not cfg.data.root and not cfg.data.train_urls:
+            raise ValueError("data.root is empty: point it at a directory holding train/ and val/ "
+                             "(make one with `resdepth-shards synth --out DIR`)")
+        self.norm = DepthNorm.from_config(cfg.data)
+        train_src = cfg.data.train_urls or str(Path(cfg.data.root) / "train")
+        self.train_urls = split_urls(train_src, None)
+        self.index = _read_index_or_none(cfg.data.root, "train")
+        self.bins, self.height, self.width = _shape_from(self.index, self.train_urls)
+        crop = cfg.data.crop or None
+        self.train_stream = ShardStream(
+            self.train_urls, mode="train", batch_size=per_rank, num_workers=cfg.data.num_workers,
+            seed=cfg.run.seed, crop=crop, flip=cfg.data.flip, norm=self.norm,
+            shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error, index=self.index)
+        self.val_stream = None
+        val_src = cfg.data.val_urls or (str(Path(cfg.data.root) / "val") if cfg.data.root else None)
+        if cfg.run.val_every > 0 and val_src and (cfg.data.val_urls or Path(val_src).is_dir()):
+            self.val_stream = ShardStream(
+                split_urls(val_src, None), mode="eval", batch_size=per_rank, num_workers=0,
+                seed=cfg.run.seed, norm=self.norm, on_error=cfg.data.on_error,
+                index=_read_index_or_none(cfg.data.root, "val"))
+
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        patching = bool(cfg.diffusion.patch_shape)
+        self.spec = arch_spec(cfg.model, cfg.model.stage, self.bins, [self.height, self.width], patching)
+        net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data)
+        self.regression_net = None
+        if cfg.model.stage == "diffusion":
+            reg_spec = arch_spec(cfg.model, "regression", self.bins, [self.height, self.width])
+            self.regression_net = load_regression_net(cfg.model.regression_ckpt, reg_spec,
+                                                      self.norm, self.device)
+        self.loss_fn_core = build_loss(cfg, self.regression_net)
+        self.num_params = sum(p.numel() for p in net.parameters())
+        self.dry_run = dry_run
+        if dry_run:
+            return
+        self.engine = make_engine(net, tc, self.device, per_rank)
+        self.ema = EMA(self.engine.module, tc.ema_halflife_images) if tc.ema_halflife_images > 0 else None
+        self.checkpointer = Checkpointer(self.run_dir, tc.keep_last)
+        self.step = 0
+        self.images_seen = 0
+        self.nonfinite_in_row = 0
+        self.interval = {"loss_sum": 0.0, "n": 0, "nonfinite": 0}
+        self.stop = StopFlag()
+        self.saved_step = -1
+
+    # ---- resume --------------------------------------------------------------------------
+    def resume(self) -> Optional[Path]:
+        """Load the checkpoint ``trainer.resume`` names; returns its path or None."""
+        mode = self.cfg.trainer.resume
+        if mode == "never":
+            return None
+        path = self.checkpointer.latest() if mode == "auto" else Path(mode)
+        if path is None:
+            return None
+        meta, shared, per_rank = Checkpointer.load(path)
+        if meta.get("spec") != self.spec:
+            from resdepth.models.build import check_same_arch
+            check_same_arch(meta.get("spec", {}), self.spec, str(path))
+        if meta.get("resume_hash") != resumable_hash(self.cfg):
+            log.warning("%s was written with a different configuration (hash %s, now %s): "
+                        "resuming anyway, the run is no longer an exact continuation",
+                        path, meta.get("resume_hash"), resumable_hash(self.cfg))
+        if meta.get("backend") != self.engine.name:
+            raise ValueError(f"{path} was written by trainer.backend={meta.get('backend')}, "
+                             f"this run uses {self.engine.name}")
+        self.engine.module.load_state_dict(shared["model"])
+        self.engine.load_state_dict(shared["engine"])
+        self.engine.load_from(path)
+        if self.ema is not None and shared.get("ema") is not None:
+            self.ema.load_state_dict(shared["ema"])
+        self.step = int(shared["step"])
+        self.saved_step = self.step
+        self.images_seen = int(shared["images_seen"])
+        self.interval = dict(shared["interval"])
+        self.nonfinite_in_row = int(shared["nonfinite_in_row"])
+        if per_rank is not None:
+            set_rng_state(per_rank["rng"])
+            self.train_stream.load_state_dict(per_rank["data"])
+        else:
+            log.warning("%s was written by %s ranks, this run has %d: the data order restarts at "
+                        "the epoch (model and optimiser are restored)", path,
+                        meta.get("world_size"), dist.world_size())
+            self.train_stream.load_state_dict({**shared["data0"], "position": 0})
+        log.info("resumed from %s at step %d (%d images seen)", path, self.step, self.images_seen)
+        return path
+
+    def save(self) -> Path:
+        shared = {"model": self.engine.module.state_dict(), "engine": self.engine.state_dict(),
+                  "ema": self.ema.state_dict() if self.ema is not None else None,
+                  "step": self.step, "images_seen": self.images_seen,
+                  "interval": dict(self.interval), "nonfinite_in_row": self.nonfinite_in_row,
+                  "lr_schedule": {"step": self.step, "lr": lr_at(self.step, self.cfg.trainer)},
+                  "data0": self.train_stream.state_dict()}
+        per_rank = {"rng": rng_state(), "data": self.train_stream.state_dict()}
+        meta = {"spec": self.spec, "backend": self.engine.name, "images_seen": self.images_seen,
+                "config_hash": config_hash(self.cfg), "resume_hash": resumable_hash(self.cfg),
+                "norm": self.norm.to_dict(), "sigma_data": self.cfg.diffusion.sigma_data}
+        self.last_save_time = time.monotonic()
+        self.saved_step = self.step
+        return self.checkpointer.save(self.step, shared, per_rank, meta, self.engine.save_into)
+
+    def export(self) -> None:
+        """Write the EMA (or raw) weights and ``model.json`` to ``run.dir/export`` (rank 0)."""
+        if not dist.is_main():
+            return
+        from resdepth.models.export import save_export
+
+        net = self.ema.net if self.ema is not None else self.engine.module
+        meta = {"spec": self.spec, "sigma_data": self.cfg.diffusion.sigma_data,
+                "norm": self.norm.to_dict(),
+                "data": {"bins": self.bins, "height": self.height, "width": self.width},
+                "step": self.step, "images_seen": self.images_seen,
+                "config_hash": config_hash(self.cfg), "weights": "ema" if self.ema else "raw",
+                "regression_ckpt": self.cfg.model.regression_ckpt or None}
+        save_export(self.run_dir / "export", net, meta)
+        log.info("exported inference weights to %s", self.run_dir / "export")
+
+    # ---- one step ------------------------------------------------------------------------
+    def loss_fn(self, model: torch.nn.Module, batch: dict, micro: int) -> torch.Tensor:
+        gen = torch.Generator(self.device).manual_seed(
+            step_seed(self.cfg.run.seed, self.step, dist.rank(), micro))
+        return self.loss_fn_core(model, batch, gen)
+
+    def next_batches(self, it) -> tuple[list[dict], Any]:
+        out = []
+        while len(out) < self.cfg.trainer.grad_accum:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(self.train_stream)  # next epoch; every rank has the same length
+                continue
+            out.append({k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                        for k, v in batch.items()})
+        return out, it
+
+    def train_one(self, batches: list[dict]) -> tuple[float, float, bool]:
+        lr = lr_at(self.step, self.cfg.trainer)
+        self.engine.module.train()
+        loss_sum, norm, ok = self.engine.train_step(self.loss_fn, batches, lr)
+        totals = torch.tensor([float(loss_sum), float(len(batches))], dtype=torch.float64)
+        dist.all_reduce_sum(totals)
+        loss = float(totals[0] / totals[1])
+        ok = ok and math.isfinite(loss)
+        return loss, norm, ok
+
+    def after_step(self, loss: float, norm: float, ok: bool) -> None:
+        tc = self.cfg.trainer
+        if not ok:
+            self.nonfinite_in_row += 1
+            self.interval["nonfinite"] += 1
+            log.warning("step %d: non-finite %s (loss=%s, grad_norm=%s); step skipped (%d in a row, "
+                        "limit %d)", self.step, "loss" if not math.isfinite(loss) else "gradient",
+                        loss, norm, self.nonfinite_in_row, tc.max_nonfinite)
+            if self.nonfinite_in_row >= tc.max_nonfinite:
+                raise NonFiniteError(f"step {self.step}: {self.nonfinite_in_row} non-finite losses or "
+                                     f"gradients in a row (trainer.max_nonfinite={tc.max_nonfinite}); "
+                                     "check the data (resdepth-shards verify) and lower trainer.lr")
+        else:
+            self.nonfinite_in_row = 0
+            self.interval["loss_sum"] += loss
+            self.interval["n"] += 1
+            if self.ema is not None:
+                self.ema.update(self.engine.module, tc.batch_size)
+        self.step += 1
+        self.images_seen += tc.batch_size
+
+    # ---- logging and validation ----------------------------------------------------------
+    def log_interval(self, monitor: Monitor, norm: float, timing: dict) -> None:
+        n = max(self.interval["n"], 1)
+        values = {"loss": self.interval["loss_sum"] / n, "lr": lr_at(self.step - 1, self.cfg.trainer),
+                  "grad_norm": norm, "images_seen": self.images_seen,
+                  "nonfinite": self.interval["nonfinite"]}
+        elapsed = max(timing["elapsed"], 1e-9)
+        perf = {"images_per_s": timing["images"] / elapsed,
+                "data_wait_frac": timing["wait"] / elapsed}
+        monitor.scalars(self.step, {**values, **perf})
+        monitor.stats(self.step, {**values, **{k: round(v, 4) for k, v in perf.items()}})
+        log.info("step %d loss %.5f lr %.2e grad %.3f %.1f img/s data-wait %.1f%%", self.step,
+                 values["loss"], values["lr"], norm, perf["images_per_s"], 100 * perf["data_wait_frac"])
+        self.interval = {"loss_sum": 0.0, "n": 0, "nonfinite": 0}
+
+    @torch.no_grad()
+    def validate(self, monitor: Monitor) -> Optional[float]:
+        if self.val_stream is None:
+            return None
+        net = self.ema.net if self.ema is not None else self.engine.module
+        net.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        first = None
+        limit = self.cfg.run.val_batches
+        for i, batch in enumerate(self.val_stream):
+            if limit and i >= limit:
+                break
+            batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            gen = torch.Generator(self.device).manual_seed(step_seed(self.cfg.run.seed, -1, i))
+            with autocast_ctx(self.cfg.trainer, self.device):
+                loss = self.loss_fn_core(net, batch, gen)
+            n = batch["events"].shape[0]
+            totals += torch.tensor([float(loss) * n, n], dtype=torch.float64)
+            if first is None:
+                first = batch
+        dist.all_reduce_sum(totals)
+        val = float(totals[0] / max(totals[1], 1))
+        monitor.scalars(self.step, {"loss": val}, prefix="val")
+        monitor.stats(self.step, {"val_loss": val})
+        log.info("step %d validation loss %.5f", self.step, val)
+        if first is not None and dist.is_main():
+            self.image_panels(monitor, net, first)
+        return val
+
+    def image_panels(self, monitor: Monitor, net: torch.nn.Module, batch: dict) -> None:
+        pred_m = predict_panels(self.cfg, net, self.regression_net, batch, self.norm)
+        true_m = batch["depth_m"][:1, 0].cpu().numpy()[0]
+        mask = batch["mask"][:1, 0].cpu().numpy()[0] > 0
+        pred = pred_m[0, 0].cpu().numpy()
+        lo, hi = float(true_m[mask].min()) if mask.any() else 0.0, float(self.cfg.data.max_depth)
+        ev = batch["events"][0].sum(0).cpu().numpy()
+        lim = float(np.abs(ev).max()) or 1.0
+        resid = np.where(mask, true_m - pred, 0.0)
+        rl = float(np.abs(resid).max()) or 1.0
+        monitor.images(self.step, {
+            "events": colormap(ev, -lim, lim, "coolwarm"),
+            "depth_true": colormap(np.where(mask, true_m, hi), lo, hi),
+            "depth_pred": colormap(pred, lo, hi),
+            "residual": colormap(resid, -rl, rl, "coolwarm")})
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg, tc = self.cfg, self.cfg.trainer
+        self.resume()
+        monitor = Monitor(self.run_dir, self.step, tc.max_steps, dist.is_main())
+        self.stop.install()
+        self.last_save_time = time.monotonic()
+        timing = {"elapsed": 0.0, "wait": 0.0, "images": 0}
+        norm = 0.0
+        it = iter(self.train_stream)
+        try:
+            while self.step < tc.max_steps:
+                t0 = time.perf_counter()
+                batches, it = self.next_batches(it)
+                t1 = time.perf_counter()
+                loss, norm, ok = self.train_one(batches)
+                self.after_step(loss, norm, ok)
+                timing["wait"] += t1 - t0
+                timing["elapsed"] += time.perf_counter() - t0
+                timing["images"] += tc.batch_size
+                monitor.advance(self.step, f"loss {loss:.4f}")
+                if self.step % cfg.run.log_every == 0 or self.step == tc.max_steps:
+                    self.log_interval(monitor, norm, timing)
+                    timing = {"elapsed": 0.0, "wait": 0.0, "images": 0}
+                if cfg.run.val_every and self.step % cfg.run.val_every == 0:
+                    self.validate(monitor)
+                if self.should_stop_or_save():
+                    return REQUEUE_EXIT_CODE
+            if self.saved_step != self.step:
+                self.save()
+            self.export()
+            return 0
+        finally:
+            monitor.close()
+            self.stop.restore()
+
+    def should_stop_or_save(self) -> bool:
+        """Collective: save on schedule; on a stop signal (any rank) save and tell the caller to stop."""
+        tc = self.cfg.trainer
+        time_due = tc.ckpt_every_minutes > 0 and \
+            time.monotonic() - self.last_save_time >= 60 * tc.ckpt_every_minutes
+        flags = torch.tensor([float(self.stop.raised), float(time_due and dist.is_main())],
+                             dtype=torch.float64)
+        dist.all_reduce_sum(flags)
+        stop, due = flags[0] > 0, flags[1] > 0
+        step_due = tc.ckpt_every_steps > 0 and self.step % tc.ckpt_every_steps == 0
+        if stop or due or step_due:
+            self.save()
+        if stop:
+            log.warning("stop signal (%s) at step %d: checkpoint saved, exiting with status %d "
+                        "(requeue)", self.stop.signal_name or "on another rank", self.step,
+                        REQUEUE_EXIT_CODE)
+        return bool(stop)
+
+
+def _read_index_or_none(root: str, split: str) -> Optional[dict]:
+    from resdepth.data.format import read_index
+
+    if not root or not (Path(root) / split / "index.json").exists():
+        return None
+    return read_index(Path(root) / split)
+
+
+def _shape_from(index: Optional[dict], urls: list[str]) -> tuple[int, int, int]:
+    """(bins, H, W) from ``index.json``, or from the first sample when streaming bare URLs."""
+    if index is not None:
+        b, h, w = index["shapes"]["events.npy"]
+        return int(b), int(h), int(w)
+    from resdepth.data.loader import peek_shape
+
+    return peek_shape(urls)
+
+
+def write_run_config(cfg: Config) -> None:
+    run_dir = Path(cfg.run.dir)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+
+def main(cfg: Config, dry_run: bool = False) -> int:
+    """Train as configured; 0 when done, ``REQUEUE_EXIT_CODE`` after saving on a stop signal."""
+    env = dist.init()
+    setup_logging(Path(cfg.run.dir), env.rank)
+    ok = False
+    try:
+        write_run_config(cfg)
+        trainer = Trainer(cfg, dry_run=dry_run)
+        if dry_run:
+            dist.print0(f"dry run: {trainer.num_params:,} parameters ({cfg.model.stage}, "
+                        f"{cfg.model.arch}), {len(trainer.train_urls)} train shards, input "
+                        f"{trainer.bins}x{trainer.height}x{trainer.width}, "
+                        f"{trainer.micro_batch} images per rank per micro-batch, "
+                        f"{len(trainer.train_stream)} batches per epoch per rank")
+            ok = True
+            return 0
+        code = trainer.run()
+        ok = True
+        return code
+    finally:
+        if ok:
+            dist.shutdown()
+        elif dist.is_dist():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,88 @@
+"""What differs between the two stages: the loss, the frozen regression net, preview predictions."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from resdepth.config.schema import Config
+from resdepth.models.build import build_net, check_same_arch
+
+log = logging.getLogger("resdepth")
+
+
+def build_loss(cfg: Config, regression_net: Optional[torch.nn.Module]) -> Callable:
+    """``loss(model, batch, generator) -> scalar`` for the configured stage."""
+    from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
+
+    if cfg.model.stage == "regression":
+        core = RegressionLoss()
+        return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"])
+    d = cfg.diffusion
+    core = ResidualLoss(regression_net, P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
+                        hr_mean_conditioning=cfg.model.hr_mean_conditioning,
+                        patch_shape=tuple(d.patch_shape) or None, patch_num=d.patch_num)
+    return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"],
+                                          generator=gen)
+
+
+def load_regression_net(path: str, expected_spec: dict, norm, device: torch.device) -> torch.nn.Module:
+    """The frozen stage-1 net from a run directory, a checkpoint directory or an exported file.
+
+    Refuses weights of another architecture or another depth normalisation, naming what differs.
+    """
+    from resdepth.models.export import load_export, load_unet_state
+    from resdepth.train.checkpoint import Checkpointer, safe_load
+
+    if not path:
+        raise ValueError("model.stage=diffusion needs model.regression_ckpt: the regression run "
+                         "directory, one of its checkpoints, or its export/model.safetensors")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model.regression_ckpt={path}: no such file or directory")
+    ckpt_dir = None
+    if (p / "meta.json").is_file() and (p / "train_state.pt").is_file():
+        ckpt_dir = p
+    elif not (p.is_file() or (p / "model.safetensors").is_file() or (p / "export" / "model.safetensors").is_file()):
+        ckpt_dir = Checkpointer(p).latest()
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"model.regression_ckpt={path}: neither exported weights nor a "
+                                    "complete checkpoint found there")
+    if ckpt_dir is None:
+        net, meta = load_export(p, expected_spec=expected_spec, device=device)
+        source = str(p)
+    else:
+        meta = json.loads((ckpt_dir / "meta.json").read_text())
+        check_same_arch(meta.get("spec", {}), expected_spec, str(ckpt_dir))
+        shared = safe_load(ckpt_dir / "train_state.pt")
+        net = build_net(meta["spec"])
+        state = shared["ema"] if shared.get("ema") is not None else shared["model"]
+        load_unet_state(net, {k.removeprefix("unet."): v for k, v in state.items()}, str(ckpt_dir))
+        net = net.to(device)
+        source = str(ckpt_dir)
+    if meta.get("norm") is not None and meta["norm"] != norm.to_dict():
+        raise ValueError(f"{source}: the regression net was trained with depth normalisation "
+                         f"{meta['norm']}, this run uses {norm.to_dict()}")
+    log.info("frozen regression net loaded from %s", source)
+    return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def predict_panels(cfg: Config, net: torch.nn.Module, regression_net: Optional[torch.nn.Module],
+                   batch: dict, norm) -> torch.Tensor:
+    """A one-image prediction in metres for TensorBoard panels (one ensemble member in stage 2)."""
+    cond = batch["events"][:1]
+    if cfg.model.stage == "regression":
+        return norm.denormalize(net(cond).float())
+    from resdepth.diffusion.sampler import generate_ensemble
+
+    d = cfg.diffusion
+    out = generate_ensemble(net, regression_net, cond, list(batch["key"][:1]), seed=cfg.run.seed,
+                            members=1, sampler=d.sampler, num_steps=d.num_steps,
+                            sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho,
+                            S_churn=d.S_churn, S_min=d.S_min, S_max=d.S_max, S_noise=d.S_noise,
+                            hr_mean_conditioning=cfg.model.hr_mean_conditioning)
+    return norm.denormalize(out["mean"].float())
