@@ -153,7 +153,7 @@ def to_dict(cfg: Any) -> dict:
 
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML text (what is saved into every run directory)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
 def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from resdepth.models.build import build_net, check_same_arch
@@ -74,7 +74,7 @@ def load_export(path: str | Path, expected_spec: Optional[dict] = None,
     net = build_net(meta["spec"], sigma_data=meta.get("sigma_data", 0.5))
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights}: unreadable safetensors file ({e})") from e
     load_unet_state(net, state, str(weights))
     return net.to(device).eval(), meta

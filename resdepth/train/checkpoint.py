@@ -26,8 +26,9 @@ from resdepth.models.export import write_json_atomic
 
 log = logging.getLogger("resdepth")
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-# Test hook: seconds to sleep between the rank files and the commit, so a test can kill mid-save.
-FAULT_DELAY_ENV = "RESDEPTH_FAULT_CKPT_DELAY_S"
+# Test hook "STEP:SECONDS": from checkpoint STEP on, sleep between the rank files and the commit,
+# so a test can kill the process in the middle of writing a checkpoint.
+FAULT_DELAY_ENV = "RESDEPTH_FAULT_CKPT_DELAY"
 
 
 class CheckpointError(RuntimeError):
@@ -120,9 +121,11 @@ class Checkpointer:
         torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
         if engine_save is not None:
             engine_save(tmp)
-        delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
-        if delay:
-            time.sleep(delay)
+        fault = os.environ.get(FAULT_DELAY_ENV)
+        if fault:
+            from_step, seconds = fault.split(":")
+            if step >= int(from_step):
+                time.sleep(float(seconds))
         dist.barrier()
         if dist.is_main():
             torch.save(shared, tmp / "train_state.pt")

@@ -12,8 +12,7 @@ class RunConfig:
     dir: str = opt("runs/default", "Run directory: config.yaml, checkpoints/, tb/, stats.jsonl, log-rankN.txt, export/.")
     seed: int = opt(0, "Seed of model initialisation, data order and noise.")
     log_every: int = opt(10, "Steps between stats.jsonl lines and TensorBoard scalars.")
-    image_every: int = opt(100, "Steps between TensorBoard image panels.")
-    val_every: int = opt(100, "Steps between validations on the val split (0 = never).")
+    val_every: int = opt(100, "Steps between validations on the val split, with TensorBoard image panels (0 = never).")
     val_batches: int = opt(4, "Batches per validation (0 = the whole split).")
 
 

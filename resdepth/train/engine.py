@@ -98,6 +98,9 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
     ds: dict[str, Any] = {}
     if cfg.deepspeed_config:
         path = Path(cfg.deepspeed_config)
+        if not path.exists() and not path.is_absolute():
+            from resdepth.config import config_dir
+            path = config_dir().parent / path  # e.g. configs/deepspeed/zero2.json from anywhere
         try:
             ds = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

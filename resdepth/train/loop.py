@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +34,8 @@ from resdepth.utils.logging import setup_logging
 log = logging.getLogger("resdepth")
 # Keys that may change between a run and its resumption without breaking exactness.
 RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume", "data.num_workers")
+# Test hook: rank 0 sends itself SIGUSR2 after this step (as Slurm's submitit signals rank 0 only).
+FAULT_SIGNAL_ENV = "RESDEPTH_FAULT_SIGNAL_AT_STEP"
 
 
 class NonFiniteError(RuntimeError):
@@ -318,6 +322,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 loss, norm, ok = self.train_one(batches)
                 self.after_step(loss, norm, ok)
+                if dist.is_main() and os.environ.get(FAULT_SIGNAL_ENV) == str(self.step):
+                    os.kill(os.getpid(), signal.SIGUSR2)
                 timing["wait"] += t1 - t0
                 timing["elapsed"] += time.perf_counter() - t0
                 timing["images"] += tc.batch_size
@@ -332,10 +338,18 @@ class Trainer:
             if self.saved_step != self.step:
                 self.save()
             self.export()
+            log.info("final parameter checksum %s (rank %d)", self.param_checksum(), dist.rank())
             return 0
         finally:
             monitor.close()
             self.stop.restore()
+
+    def param_checksum(self) -> str:
+        """sha256 of this rank's parameters: equal on every rank after a correct data-parallel run."""
+        h = hashlib.sha256()
+        for p in self.engine.module.parameters():
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def should_stop_or_save(self) -> bool:
         """Collective: save on schedule; on a stop signal (any rank) save and tell the caller to stop."""
@@ -383,8 +397,8 @@ def write_run_config(cfg: Config) -> None:
 
 def main(cfg: Config, dry_run: bool = False) -> int:
     """Train as configured; 0 when done, ``REQUEUE_EXIT_CODE`` after saving on a stop signal."""
-    env = dist.init()
-    setup_logging(Path(cfg.run.dir), env.rank)
+    setup_logging(Path(cfg.run.dir), dist.detect_env().rank)
+    dist.init()
     ok = False
     try:
         write_run_config(cfg)

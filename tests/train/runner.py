@@ -1,0 +1,63 @@
+"""Run ``resdepth-train`` as users do (subprocesses) and read what it leaves behind."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=1",
+        "model.attn_resolutions=[]", "trainer.batch_size=4", "trainer.warmup_steps=2",
+        "trainer.ema_halflife_images=40", "data.num_workers=0", "data.shuffle_buffer=16",
+        "run.val_every=0", "run.log_every=5", "trainer.ckpt_every_minutes=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           and not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def train(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
+          timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m resdepth.train`` (or under ``torchrun`` with ``nproc`` processes)."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "resdepth.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "resdepth.train", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(),
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def stats(run_dir: Path, fields=("loss", "lr", "grad_norm", "images_seen")) -> list[tuple]:
+    """The deterministic part of ``stats.jsonl``: per-step training lines without timings."""
+    out = []
+    for line in (run_dir / "stats.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out.append((rec["step"], *(rec[f] for f in fields)))
+    return out
+
+
+def checksums(run_dir: Path) -> list[str]:
+    """Final parameter checksum logged by each rank."""
+    sums = []
+    for log in sorted(run_dir.glob("log-rank*.txt")):
+        lines = [l for l in log.read_text().splitlines() if "final parameter checksum" in l]
+        assert lines, f"{log} has no final checksum"
+        sums.append(lines[-1].split("checksum ")[1].split()[0])
+    return sums

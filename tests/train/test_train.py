@@ -1,0 +1,154 @@
+"""One-process training: run layout, TensorBoard read-back, exact resume, crash safety, stage 2."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from resdepth.config import load_config
+from resdepth.config.schema import Config
+from resdepth.train.signals import REQUEUE_EXIT_CODE
+from tests.train.runner import TINY, checksums, child_env, stats, train
+
+
+def tb_steps(run_dir: Path, tag: str = "train/loss") -> list[int]:
+    """Steps of a scalar as TensorBoard shows it (purging what a resumed run re-logged)."""
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def args(root: Path, run: Path, *extra: str) -> list[str]:
+    return ["experiment=baseline_regression", f"data.root={root}", f"run.dir={run}", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def regression_run(tiny_shards, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reg") / "run"
+    train(args(tiny_shards, run, "trainer.max_steps=20", "run.val_every=10", "run.val_batches=2"))
+    return run
+
+
+def test_run_layout_and_tensorboard(regression_run):
+    run = regression_run
+    for name in ("config.yaml", "stats.jsonl", "log-rank0.txt", "export/model.safetensors",
+                 "export/model.json", "checkpoints/step-0000020/meta.json"):
+        assert (run / name).exists(), name
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars, images = acc.Tags()["scalars"], acc.Tags()["images"]
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/images_per_s",
+                "train/data_wait_frac", "val/loss"):
+        assert tag in scalars, (tag, scalars)
+    assert {"images/events", "images/depth_true", "images/depth_pred", "images/residual"} <= set(images)
+    assert [e.step for e in acc.Scalars("train/loss")] == [5, 10, 15, 20]
+    assert [e.step for e in acc.Scalars("val/loss")] == [10, 20]
+    meta = json.loads((run / "export/model.json").read_text())
+    assert meta["spec"]["stage"] == "regression" and meta["step"] == 20 and meta["weights"] == "ema"
+    assert all(torch.isfinite(torch.tensor(s[1])) for s in stats(run))
+
+
+def test_exact_resume_after_sigusr2(tiny_shards, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    common = ("trainer.max_steps=40", "trainer.ckpt_every_steps=0", "data.num_workers=2")
+    train(args(tiny_shards, full, *common))
+    first = train(args(tiny_shards, cut, *common),
+                  env=child_env(RESDEPTH_FAULT_SIGNAL_AT_STEP="20"), check=False)
+    assert first.returncode == REQUEUE_EXIT_CODE, first.stderr[-2000:]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-0000020"]
+    assert not (cut / "export").exists()
+    train(args(tiny_shards, cut, *common))
+    assert "resumed from" in (cut / "log-rank0.txt").read_text()
+    assert (full / "export/model.safetensors").read_bytes() == (cut / "export/model.safetensors").read_bytes()
+    assert stats(full) == stats(cut)
+    assert tb_steps(cut) == list(range(5, 41, 5))
+
+
+def test_sigkill_while_checkpointing_resumes_from_previous(tiny_shards, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    common = ("trainer.max_steps=20", "trainer.ckpt_every_steps=5")
+    train(args(tiny_shards, ref, *common))
+    cmd = [sys.executable, "-m", "resdepth.train", *args(tiny_shards, run, *common)]
+    proc = subprocess.Popen(cmd, env=child_env(RESDEPTH_FAULT_CKPT_DELAY="10:60"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_ckpt = run / "checkpoints" / ".tmp-step-0000010"
+    deadline = time.time() + 240
+    while not (tmp_ckpt / "rank-00000.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "never reached checkpoint 10"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [".tmp-step-0000010", "step-0000005"], names
+    train(args(tiny_shards, run, *common))
+    log = (run / "log-rank0.txt").read_text()
+    assert "resumed from" in log and "step-0000005" in log.split("resumed from")[1].splitlines()[0]
+    assert (ref / "export/model.safetensors").read_bytes() == (run / "export/model.safetensors").read_bytes()
+    assert tb_steps(run) == [5, 10, 15, 20]  # step 10 was logged twice; TensorBoard shows it once
+    assert [s[0] for s in stats(run)] == [5, 10, 15, 20]
+    assert not (run / "checkpoints" / ".tmp-step-0000010").exists()
+
+
+def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
+    from resdepth.train.loop import NonFiniteError, Trainer
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    cfg = load_config(Config, args(tiny_shards, tmp_path / "nan", "trainer.max_steps=10",
+                                   "trainer.max_nonfinite=3"))
+    trainer = Trainer(cfg)
+    calls = {"n": 0}
+    real = trainer.loss_fn_core
+
+    def flaky(model, batch, gen):
+        calls["n"] += 1
+        loss = real(model, batch, gen)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    trainer.loss_fn_core = flaky
+    before = [p.detach().clone() for p in trainer.engine.module.parameters()]
+    with pytest.raises(NonFiniteError, match=r"step 4: 3 non-finite"):
+        trainer.run()
+    trainer.stop.restore()
+    # Steps 0-1 trained; the non-finite steps 2-4 were skipped and left the weights as they were.
+    after_two = [p.detach() for p in trainer.engine.module.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_two))
+    assert trainer.step == 5 and trainer.nonfinite_in_row == 3
+
+
+def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regression_run, tmp_path):
+    run = tmp_path / "diff"
+    diff = ["experiment=baseline_diffusion", f"data.root={tiny_shards}", f"run.dir={run}", *TINY,
+            f"model.regression_ckpt={regression_run}", "trainer.max_steps=10",
+            "diffusion.num_steps=4", "run.val_every=10", "run.val_batches=1"]
+    train(diff)
+    meta = json.loads((run / "export/model.json").read_text())
+    assert meta["spec"]["stage"] == "diffusion" and meta["spec"]["arch"] == "SongUNetPosEmbd"
+    assert meta["step"] == 10
+    # A checkpoint directory works as well as the run directory.
+    ckpt = regression_run / "checkpoints" / "step-0000020"
+    train([*diff, f"run.dir={tmp_path / 'diff2'}", f"model.regression_ckpt={ckpt}", "trainer.max_steps=2"])
+    bad = train([*diff, f"run.dir={tmp_path / 'bad'}", "model.model_channels=16"], check=False)
+    assert bad.returncode == 1
+    assert "different architecture than configured" in bad.stderr
+    assert "unet.model_channels: checkpoint has 8, config expects 16" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_dry_run_and_clear_errors(tiny_shards, tmp_path):
+    out = train(args(tiny_shards, tmp_path / "dry", "--dry-run"))
+    assert "parameters" in out.stdout and "4 train shards" in out.stdout
+    assert not (tmp_path / "dry" / "checkpoints").exists()
+    missing = train(args(tmp_path / "nowhere", tmp_path / "x"), check=False)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "nowhere" in missing.stderr
+    half = train(args(tiny_shards, tmp_path / "y"), env=child_env(RANK="0"), check=False)
+    assert half.returncode == 1 and "half-set torch.distributed environment" in half.stderr
