@@ -1,0 +1,132 @@
+"""Per-unit results on disk: ``parts/<unit>.json`` is written last and atomically, so its presence
+means the unit (and its prediction shard and preview arrays) is complete; ``plan.json`` records the
+work list that the parts belong to, and ``merge`` reduces them into ``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from resdepth.models.export import write_json_atomic
+
+log = logging.getLogger("resdepth")
+
+PLAN = "plan.json"
+PARTS = "parts"
+
+
+class IncompleteEvaluation(RuntimeError):
+    """``merge`` found fewer (or other) parts than the work list needs."""
+
+
+def part_path(out: Path, unit_name: str) -> Path:
+    return Path(out) / PARTS / f"{unit_name}.json"
+
+
+def preview_path(out: Path, unit_name: str) -> Path:
+    return Path(out) / PARTS / f"{unit_name}.preview.npz"
+
+
+def pred_path(out: Path, unit_name: str) -> Path:
+    return Path(out) / "predictions" / f"pred-{unit_name}.tar"
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary sibling unique to this process (two array tasks may race on one name)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def read_part(out: Path, unit_name: str) -> Optional[dict]:
+    """The unit's part, or None when it is not finished."""
+    p = part_path(out, unit_name)
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+def write_part(out: Path, unit_name: str, part: dict) -> None:
+    write_json_atomic(part_path(out, unit_name), part)
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_plan(out: Path, plan: dict) -> None:
+    """Record the work list; refuse an out dir holding parts of another evaluation."""
+    path = Path(out) / PLAN
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("hash") != plan["hash"]:
+            raise ValueError(
+                f"{out} holds parts of another evaluation (settings hash {old.get('hash')}, this one "
+                f"{plan['hash']}: other weights, data, sampler settings, seed, unit_size or "
+                "max_samples); use a new --out directory or delete the old one")
+        if old == plan:
+            return
+    write_json_atomic(path, plan)
+
+
+def read_plan(out: Path) -> dict:
+    path = Path(out) / PLAN
+    if not path.exists():
+        raise FileNotFoundError(f"{out}: no {PLAN}; not an evaluation output directory")
+    return json.loads(path.read_text())
+
+
+def missing_units(out: Path, plan: dict) -> list[str]:
+    return [u["name"] for u in plan["units"] if not part_path(out, u["name"]).exists()]
+
+
+def done_samples(out: Path, plan: dict) -> int:
+    """Samples in finished parts (what the progress bar shows; reads only small files)."""
+    n = 0
+    for u in plan["units"]:
+        p = part_path(out, u["name"])
+        if p.exists():
+            n += u["stop"] - u["start"] if u["stop"] is not None else json.loads(p.read_text())["num_samples"]
+    return n
+
+
+def reduce_parts(out: Path, plan: dict) -> dict[str, Any]:
+    """Sum every part in work-list order (float64, so the result is the same whoever merges)."""
+    from resdepth.eval.metrics import add_sums
+
+    missing = missing_units(out, plan)
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
+        raise IncompleteEvaluation(f"{out}: {len(missing)} of {len(plan['units'])} units have no "
+                                   f"part yet: {shown}; rerun the evaluation to finish them")
+    total: dict[str, Any] = {"num_samples": 0, "sums": {}}
+    for u in plan["units"]:
+        part = read_part(out, u["name"])
+        if part.get("hash") != plan["hash"]:
+            raise ValueError(f"{part_path(out, u['name'])} was written by another evaluation "
+                             f"(hash {part.get('hash')}, plan {plan['hash']})")
+        expect = u["stop"] - u["start"] if u["stop"] is not None else None
+        if expect is not None and part["num_samples"] != expect:
+            raise IncompleteEvaluation(f"{part_path(out, u['name'])}: {part['num_samples']} samples, "
+                                       f"the index says {expect}")
+        total["num_samples"] += part["num_samples"]
+        for name, sums in part["sums"].items():
+            total["sums"][name] = add_sums(total["sums"][name], sums) if name in total["sums"] else dict(sums)
+    return total
