@@ -1,0 +1,114 @@
+"""``resdepth-eval --regression R [--diffusion D] --data SPLIT --out DIR [...]`` and
+``resdepth-eval merge DIR``.
+
+Every flag is a field of ``EvalConfig`` (``--max-samples`` sets ``max_samples``); ``--help`` lists
+them with their docs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from typing import Literal, Optional, Union
+
+from resdepth.config.core import ConfigError, from_dict
+from resdepth.eval.config import EvalConfig
+
+_UNSET = object()
+
+
+def _flag_type(tp):
+    """What argparse converts a flag's text with; the typed config then checks the value."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return str, list(typing.get_args(tp))
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(args[0])
+    return tp, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resdepth-eval",
+        description="Evaluate exported regression (and residual diffusion) nets on a split of "
+                    "shards, on one process, torchrun, srun or a Slurm array; "
+                    "`resdepth-eval merge DIR` reduces finished parts into metrics.json.",
+        epilog="Example: torchrun --nproc-per-node 2 -m resdepth.eval --regression runs/reg "
+               "--diffusion runs/diff --data shards/test --out eval --ensemble 8")
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp, choices = _flag_type(hints[f.name])
+        doc = f.metadata.get("doc", "")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=_UNSET, help=doc)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, choices=choices, default=_UNSET,
+                                help=f"{doc} (default: {f.default!r})")
+    return parser
+
+
+def parse_args(argv: list[str]) -> EvalConfig:
+    """Command-line flags to a validated ``EvalConfig``."""
+    ns = build_parser().parse_args(argv)
+    data = {k: v for k, v in vars(ns).items() if v is not _UNSET}
+    return from_dict(EvalConfig, data)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from resdepth.dist import DistEnvError
+    from resdepth.eval.parts import IncompleteEvaluation
+    from resdepth.models.build import ArchitectureMismatch
+
+    errors: list = [ConfigError, DistEnvError, ArchitectureMismatch, IncompleteEvaluation,
+                    FileNotFoundError, ValueError]
+    try:
+        from resdepth.data.format import DataError
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def cli(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    errors = _user_errors()
+    if argv[:1] == ["merge"]:
+        p = argparse.ArgumentParser(prog="resdepth-eval merge",
+                                    description="Reduce parts/ into metrics.json, report.md and "
+                                                "samples.png; fails listing missing units.")
+        p.add_argument("dir", help="evaluation output directory")
+        args = p.parse_args(argv[1:])
+        from resdepth.eval.run import merge
+        from resdepth.utils.logging import setup_logging
+
+        setup_logging(None, 0)
+        try:
+            metrics = merge(args.dir)
+        except errors as e:
+            print(f"resdepth-eval merge: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(f"{metrics['num_samples']} samples merged into {args.dir}/metrics.json")
+        return
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"resdepth-eval: {e}", file=sys.stderr)
+        sys.exit(2)
+    from resdepth.eval.run import main
+
+    try:
+        code = main(cfg)
+    except errors as e:
+        logging.getLogger("resdepth").debug("error details", exc_info=True)
+        print(f"resdepth-eval: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()
