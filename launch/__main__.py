@@ -1,0 +1,172 @@
+"""``resdepth-launch``: submit training, pipelines and evaluations to Slurm; show and cancel them.
+
+  resdepth-launch train experiment=baseline_regression --profile mycluster --nodes 2 --gpus-per-node 8
+  resdepth-launch train experiment=baseline_regression --nodes 2 --gpus-per-node 8 --dry-run
+  resdepth-launch pipeline --regression baseline_regression --diffusion baseline_diffusion --root runs/p1
+  resdepth-launch eval regression=runs/p1/regression diffusion=runs/p1/diffusion data=demo/shards/test \\
+      out=runs/p1/eval2 --array 4
+  resdepth-launch status runs/p1          (a pipeline root or a run directory)
+  resdepth-launch cancel runs/p1
+
+Every job runs the same ``resdepth.train.main(cfg)`` / ``resdepth.eval.main(cfg)`` a user runs by
+hand; how requeue works is described in ``launch/jobs.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from resdepth.config.core import ConfigError
+
+
+def _resource_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster and resources (flags win over --profile)")
+    g.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
+                   help="slurm: sbatch; local: subprocesses on this machine; debug: this process")
+    g.add_argument("--profile", help="cluster defaults from configs/cluster/NAME.yaml (or a YAML path)")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, help="GPUs per node, one task each (0: CPU tasks)")
+    g.add_argument("--tasks-per-node", type=int, help="tasks per node when --gpus-per-node is 0")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--mem-gb", type=float, help="memory per node in GB")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--time", type=int, dest="time_min", help="time limit in minutes")
+    g.add_argument("--constraint")
+    g.add_argument("--exclude")
+    g.add_argument("--signal-delay", type=int, dest="signal_delay_s",
+                   help="seconds before the time limit at which USR2 asks the trainer to save")
+    g.add_argument("--max-requeue", type=int, help="requeues after which a job stops for good")
+
+
+def _resources(args: argparse.Namespace):
+    from launch.cluster import Resources, load_profile
+
+    profile = load_profile(args.profile)
+    res = Resources.from_profile(
+        profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+        partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
+        constraint=args.constraint, exclude=args.exclude, signal_delay_s=args.signal_delay_s)
+    max_requeue = args.max_requeue if args.max_requeue is not None else profile.max_requeue
+    return res, max_requeue
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from launch import submit
+
+    cfg = submit.train_config(args.overrides, args.run_dir)
+    res, max_requeue = _resources(args)
+    if args.dry_run:
+        print(submit.dry_run_script(cfg, res), end="")
+        print(f"# dry run, nothing submitted: {res.nodes * res.ntasks_per_node} task(s) would each run "
+              f"resdepth.train.main(cfg) in {cfg.run.dir}", file=sys.stderr)
+        return 0
+    sub = submit.submit_train(cfg, res, args.cluster, max_requeue)
+    print(f"submitted train job {sub.job_ids[0]} ({args.cluster}); run directory {sub.dir}")
+    if args.cluster != "slurm" or args.wait:
+        submit.wait_done(sub)
+        print(f"job {sub.job_ids[0]} finished")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from launch import submit
+
+    res, max_requeue = _resources(args)
+    root = Path(args.root) if args.root else submit.default_pipeline_root()
+    subs = submit.submit_pipeline(root, args.regression, args.diffusion, args.overrides, res,
+                                  args.cluster, max_requeue, args.eval_data, args.eval_set,
+                                  args.array, args.regression_set, args.diffusion_set)
+    for s in subs:
+        print(f"{s.stage:<10} job {','.join(s.job_ids):<24} {s.dir}")
+    print(f"pipeline written to {root.resolve() / 'pipeline.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from launch import submit
+
+    cfg = submit.eval_config(args.overrides)
+    if not cfg.out:
+        raise ConfigError("eval needs out=DIR")
+    res, _ = _resources(args)
+    evals, merge = submit.submit_eval(cfg, res, args.cluster, args.array)
+    print(f"eval  array job {evals.base_id} ({len(evals.job_ids)} tasks)  {evals.dir}")
+    print(f"merge job {merge.job_ids[0]} (afterok:{evals.base_id})  {merge.dir}/metrics.json")
+    if args.cluster != "slurm":
+        submit.wait_done(merge)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launch.status import render
+
+    render(Path(args.dir))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launch.status import cancel
+
+    ids = cancel(Path(args.dir))
+    print(f"cancelled {' '.join(ids)}" if ids else "no Slurm jobs recorded")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resdepth-launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="submit one training job")
+    p.add_argument("overrides", nargs="*", help="experiment=NAME and key=value settings")
+    p.add_argument("--run-dir", help="run directory (default: run.dir of the config)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end")
+    _resource_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pipeline", help="regression -> residual diffusion -> evaluation, chained by afterok")
+    p.add_argument("overrides", nargs="*", help="key=value settings for both training stages")
+    p.add_argument("--regression", required=True, help="experiment of stage 1")
+    p.add_argument("--diffusion", required=True, help="experiment of stage 2")
+    p.add_argument("--root", help="pipeline directory (default runs/pipeline-DATE-TIME)")
+    p.add_argument("--eval-data", help="split directory to evaluate on (default DATA_ROOT/test)")
+    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluation setting (repeatable), e.g. --eval-set ensemble=4")
+    p.add_argument("--regression-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting of the regression stage only (repeatable)")
+    p.add_argument("--diffusion-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting of the diffusion stage only (repeatable)")
+    p.add_argument("--array", type=int, default=1, help="evaluation array tasks")
+    _resource_args(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("eval", help="submit an evaluation as an array job plus a merge job")
+    p.add_argument("overrides", nargs="*", help="regression=RUN diffusion=RUN data=SPLIT out=DIR ...")
+    p.add_argument("--array", type=int, default=1, help="array tasks sharing the work units")
+    _resource_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    for name, func, doc in (("status", cmd_status, "table of jobs, states, requeues, checkpoints, logs"),
+                            ("cancel", cmd_cancel, "scancel every job of a run or pipeline")):
+        p = sub.add_parser(name, help=doc)
+        p.add_argument("dir", help="run directory or pipeline root")
+        p.set_defaults(func=func)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        sys.exit(args.func(args))
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"resdepth-launch: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
