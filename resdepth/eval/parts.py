@@ -116,7 +116,7 @@ def reduce_parts(out: Path, plan: dict) -> dict[str, Any]:
         shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
         raise IncompleteEvaluation(f"{out}: {len(missing)} of {len(plan['units'])} units have no "
                                    f"part yet: {shown}; rerun the evaluation to finish them")
-    total: dict[str, Any] = {"num_samples": 0, "sums": {}}
+    total: dict[str, Any] = {"num_samples": 0, "num_valid_pixels": 0, "sums": {}}
     for u in plan["units"]:
         part = read_part(out, u["name"])
         if part.get("hash") != plan["hash"]:
@@ -127,6 +127,41 @@ def reduce_parts(out: Path, plan: dict) -> dict[str, Any]:
             raise IncompleteEvaluation(f"{part_path(out, u['name'])}: {part['num_samples']} samples, "
                                        f"the index says {expect}")
         total["num_samples"] += part["num_samples"]
+        total["num_valid_pixels"] += part["num_valid_pixels"]
         for name, sums in part["sums"].items():
             total["sums"][name] = add_sums(total["sums"][name], sums) if name in total["sums"] else dict(sums)
     return total
+
+
+class PredictionShard:
+    """``pred-<unit>.tar`` written under a temporary name and renamed when complete."""
+
+    def __init__(self, path: Path):
+        import webdataset as wds
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_name(self.path)
+        self.stream = open(self.tmp, "wb")
+        self.writer = wds.TarWriter(self.stream)
+
+    def write(self, key: str, arrays: dict) -> None:
+        """One sample: ``<name>.npy`` float32 ``[1, H, W]`` (members ``[M, 1, H, W]``) in metres."""
+        sample = {"__key__": key}
+        for name, a in arrays.items():
+            sample[f"{name}.npy"] = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+        self.writer.write(sample)
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+            self.stream.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""The per-pixel mean-depth baseline: at every pixel, the training split's mean valid depth there.
+
+A prior that knows the typical scene layout but sees no events; a net that does not beat it has
+learnt nothing from the events. Computed once per output directory and cached as ``baseline.npy``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from resdepth import dist
+from resdepth.eval.config import EvalConfig
+from resdepth.eval.parts import save_npy_atomic
+
+log = logging.getLogger("resdepth")
+
+CACHE = "baseline.npy"
+
+
+def baseline_dir(cfg: EvalConfig) -> Optional[Path]:
+    """The training split to average, or None when there is none (the baseline is then left out)."""
+    if cfg.baseline is not None:
+        if cfg.baseline.lower() == "none":
+            return None
+        p = Path(cfg.baseline)
+        if not p.is_dir():
+            raise FileNotFoundError(f"baseline={cfg.baseline}: no such split directory")
+        return p
+    data = Path(cfg.data)
+    guess = data.parent / "train"
+    if data.is_dir() and guess.is_dir() and guess.resolve() != data.resolve():
+        return guess
+    log.warning("no training split beside %s (looked for %s): the mean-depth baseline is left out; "
+                "pass --baseline TRAIN_SPLIT to include it", cfg.data, guess)
+    return None
+
+
+def per_pixel_mean(depth_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``sum / count`` per pixel; pixels never valid get the global mean (float32, metres)."""
+    total = count.sum()
+    if total == 0:
+        raise ValueError("the baseline's training split has no valid depth pixel")
+    global_mean = depth_sum.sum() / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, depth_sum / np.maximum(count, 1), global_mean)
+    return mean.astype(np.float32)
+
+
+def accumulate(urls: list[str], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 per-pixel sums of valid depth and counts of valid pixels over ``urls``."""
+    from resdepth.eval.reader import iter_samples
+
+    s = np.zeros(shape, np.float64)
+    c = np.zeros(shape, np.float64)
+    for url in urls:
+        for sample in iter_samples(url):
+            valid = sample.mask[0]
+            s += np.where(valid, sample.depth[0], 0.0)
+            c += valid
+    return s, c
+
+
+def load_or_compute(cfg: EvalConfig, out: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
+    """The cached baseline ``[H, W]``, computing it (split across this world's ranks) when absent.
+
+    Collective: every rank of the world calls it. Concurrent array tasks may each compute it;
+    the atomic rename makes that harmless.
+    """
+    from resdepth.eval.work import split_shards
+
+    train = baseline_dir(cfg)
+    if train is None:
+        return None
+    path = Path(out) / CACHE
+    if not path.exists():
+        shards, _ = split_shards(str(train))
+        mine = [u for u, _ in shards][dist.rank()::dist.world_size()]
+        s, c = accumulate(mine, shape)
+        sums = torch.from_numpy(np.stack([s, c]))
+        dist.all_reduce_sum(sums)
+        if dist.is_main():
+            save_npy_atomic(path, per_pixel_mean(sums[0].numpy(), sums[1].numpy()))
+            log.info("per-pixel mean-depth baseline from %d training shards of %s cached in %s",
+                     len(shards), train, path)
+        dist.barrier()
+    base = np.load(path)
+    if base.shape != tuple(shape):
+        raise ValueError(f"{path} is {base.shape}, the data is {tuple(shape)}; delete it to recompute")
+    return base

@@ -1,0 +1,139 @@
+"""The exported nets and what they predict for a batch of event tensors, in metres."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from resdepth.eval.config import EvalConfig
+
+log = logging.getLogger("resdepth")
+
+
+@dataclass
+class Nets:
+    """The frozen nets of an evaluation and the metadata of their exports."""
+    regression: torch.nn.Module
+    regression_meta: dict[str, Any]
+    diffusion: Optional[torch.nn.Module]
+    diffusion_meta: Optional[dict[str, Any]]
+    norm: Any  # resdepth.data.norm.DepthNorm
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        d = self.regression_meta["data"]
+        return int(d["bins"]), int(d["height"]), int(d["width"])
+
+    def identity(self) -> dict[str, Any]:
+        """What names the weights in the settings hash: step, config hash, file size."""
+        out = {}
+        for name, meta in (("regression", self.regression_meta), ("diffusion", self.diffusion_meta)):
+            if meta is not None:
+                out[name] = {k: meta.get(k) for k in ("step", "config_hash", "images_seen", "spec")}
+                out[name]["bytes"] = meta.get("_bytes")
+        return out
+
+
+def check_exports(reg: dict, diff: Optional[dict], reg_src: str, diff_src: Optional[str]) -> None:
+    """Refuse exports that cannot be combined, naming every difference at once."""
+    errors = []
+    if reg["spec"].get("stage") != "regression":
+        errors.append(f"{reg_src} is a {reg['spec'].get('stage')!r} export, --regression needs a "
+                      "regression one")
+    for key in ("norm", "data"):
+        if reg.get(key) is None:
+            errors.append(f"{reg_src}: model.json has no {key!r}")
+    if diff is not None:
+        if diff["spec"].get("stage") != "diffusion":
+            errors.append(f"{diff_src} is a {diff['spec'].get('stage')!r} export, --diffusion needs "
+                          "a diffusion one")
+        if diff.get("norm") != reg.get("norm"):
+            errors.append(f"depth normalisation differs: regression {reg.get('norm')}, "
+                          f"diffusion {diff.get('norm')}")
+        if diff.get("data") != reg.get("data"):
+            errors.append(f"data shape differs: regression {reg.get('data')} (bins, height, width), "
+                          f"diffusion {diff.get('data')}")
+        if diff["spec"].get("cond_channels") != reg["spec"].get("cond_channels"):
+            errors.append(f"condition channels differ: regression {reg['spec'].get('cond_channels')}, "
+                          f"diffusion {diff['spec'].get('cond_channels')}")
+    if errors:
+        raise ValueError("the exports cannot be evaluated together:\n  " + "\n  ".join(errors))
+
+
+def load_nets(cfg: EvalConfig, device: torch.device) -> Nets:
+    """Load the exported nets (weights and model.json only, never training state) and check them."""
+    from resdepth.data.norm import DepthNorm
+    from resdepth.models.export import load_export, resolve_export
+
+    reg_net, reg_meta = load_export(cfg.regression, device=device)
+    reg_meta["_bytes"] = resolve_export(cfg.regression).stat().st_size
+    diff_net, diff_meta = None, None
+    if cfg.diffusion:
+        diff_net, diff_meta = load_export(cfg.diffusion, device=device)
+        diff_meta["_bytes"] = resolve_export(cfg.diffusion).stat().st_size
+    check_exports(reg_meta, diff_meta, cfg.regression, cfg.diffusion)
+    for net in (reg_net, diff_net):
+        if net is not None:
+            net.eval().requires_grad_(False)
+    return Nets(reg_net, reg_meta, diff_net, diff_meta, DepthNorm.from_dict(reg_meta["norm"]))
+
+
+def make_patching(cfg: EvalConfig, nets: Nets):
+    """The inference patch grid, or None for whole-image sampling.
+
+    A net trained on patches expects the resized whole condition; without ``--patch`` it then
+    runs on one patch covering the frame.
+    """
+    from resdepth.diffusion.patching import GridPatching
+
+    if nets.diffusion is None:
+        return None
+    _, h, w = nets.data_shape
+    if cfg.patch:
+        if not nets.diffusion_meta["spec"].get("patching", False):
+            raise ValueError(f"--patch {cfg.patch}: {cfg.diffusion} was trained on whole frames "
+                             "(its spec has patching=false) and takes no patch condition")
+        return GridPatching((h, w), (cfg.patch, cfg.patch), cfg.overlap, cfg.boundary)
+    if nets.diffusion_meta["spec"].get("patching", False):
+        return GridPatching((h, w), (h, w), 0, 0)
+    return None
+
+
+@torch.no_grad()
+def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[str],
+            patching=None) -> dict[str, torch.Tensor]:
+    """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, ``mean`` and
+    ``std`` (unbiased over members), all float32 in metres.
+
+    The members are denormalised before the mean and std are taken: the ensemble statistics of
+    depth, not of normalised depth.
+    """
+    from resdepth.diffusion.sampler import generate_ensemble
+
+    norm = nets.norm
+    if nets.diffusion is None:
+        return {"regression": norm.denormalize(nets.regression(events).float()).float()}
+    spec = nets.diffusion_meta["spec"]
+    out = generate_ensemble(
+        nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed, members=cfg.ensemble,
+        sampler=cfg.sampler, num_steps=cfg.steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+        rho=cfg.rho, S_churn=cfg.S_churn, S_min=cfg.S_min, S_max=cfg.S_max, S_noise=cfg.S_noise,
+        hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
+        return_members=True)
+    members = norm.denormalize(out["members"].float()).float()
+    return {"regression": norm.denormalize(out["regression"].float()).float(),
+            "members": members, "mean": members.mean(dim=1), "std": members.std(dim=1)}
+
+
+def resolve_device(cfg: EvalConfig) -> torch.device:
+    from resdepth import dist
+
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no GPU is visible")
+    return dist.device()
+

@@ -1,0 +1,76 @@
+"""Rank 0's view of the whole task's progress, read from finished part files.
+
+Counting parts instead of exchanging counts means no collective call is ever needed for the bar,
+so a slow or failed rank can never make the progress display itself hang.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from resdepth.eval.parts import done_samples
+
+log = logging.getLogger("resdepth")
+
+STALL_S = 900.0  # rank 0 stops waiting for parts this long after the last one appeared
+
+
+class EvalProgress:
+    """Samples done in this task's units (all ranks), plus those of rank 0's unit in flight."""
+
+    def __init__(self, out: Path, units: list[dict], enabled: bool):
+        self.out = Path(out)
+        self.plan = {"units": units}
+        self.total = sum(u["stop"] - u["start"] for u in units if u["stop"] is not None) or None
+        self.enabled = enabled
+        self.bar = None
+        self.last_log = 0.0
+        self.done = 0
+        if not enabled:
+            return
+        self.done = done_samples(self.out, self.plan)
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("samples"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=console)
+            self.task = self.bar.add_task("eval", total=self.total, completed=self.done)
+            self.bar.start()
+
+    def update(self, extra: int = 0) -> None:
+        """Refresh from the part files; ``extra``: samples of rank 0's current, unfinished unit."""
+        if not self.enabled:
+            return
+        self.done = done_samples(self.out, self.plan)
+        shown = self.done + extra
+        if self.bar is not None:
+            self.bar.update(self.task, completed=shown)
+        elif time.monotonic() - self.last_log > 30:
+            self.last_log = time.monotonic()
+            log.info("progress: %d%s samples", shown, f" / {self.total}" if self.total else "")
+
+    def all_done(self) -> bool:
+        from resdepth.eval.parts import missing_units
+
+        return not missing_units(self.out, self.plan)
+
+    def wait_for_others(self, poll_s: float = 0.5) -> None:
+        """Keep the bar moving while the other ranks finish (the barrier after this does the sync)."""
+        last_change, seen = time.monotonic(), self.done
+        while not self.all_done() and time.monotonic() - last_change < STALL_S:
+            time.sleep(poll_s)
+            self.update()
+            if self.done != seen:
+                last_change, seen = time.monotonic(), self.done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.stop()
+            self.bar = None

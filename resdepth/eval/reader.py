@@ -1,0 +1,86 @@
+"""Samples ``[start, stop)`` of one shard, in shard order, as numpy arrays with depth in metres.
+
+Evaluation reads shards in order without shuffling, crops or flips, and keeps the raw depth
+(metres, unclipped) as ground truth; only the network input goes through the same event
+preprocessing as training.
+"""
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    key: str
+    events: np.ndarray  # [B, H, W] float32, the network's condition
+    depth: np.ndarray   # [1, H, W] float32, metres
+    mask: np.ndarray    # [1, H, W] bool, valid ground truth
+
+
+def _open(url: str):
+    import webdataset as wds
+
+    return wds.tariterators.url_opener([{"url": url}])
+
+
+def iter_samples(url: str, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
+    """Decoded samples number ``start`` to ``stop - 1`` of the shard at ``url``."""
+    import webdataset as wds
+
+    stream = wds.tariterators.tar_file_expander(_open(url))
+    samples = wds.tariterators.group_by_keys(stream)
+    for i, raw in enumerate(samples):
+        if i < start:
+            continue
+        if stop is not None and i >= stop:
+            return
+        yield decode(raw, url)
+
+
+def _npy(raw: dict, name: str, url: str) -> np.ndarray:
+    if name not in raw:
+        raise KeyError(f"{url}: sample {raw.get('__key__')} has no {name} "
+                       f"(members: {', '.join(k for k in raw if not k.startswith('__'))})")
+    return np.load(io.BytesIO(raw[name]), allow_pickle=False)
+
+
+def decode(raw: dict, url: str) -> Sample:
+    """A raw tar sample (``events.npy``, ``depth.npy``, ``mask.npy``) to a ``Sample``."""
+    events = _npy(raw, "events.npy", url).astype(np.float32)
+    depth = _npy(raw, "depth.npy", url).astype(np.float32).reshape(1, *events.shape[-2:])
+    mask = _npy(raw, "mask.npy", url).astype(bool).reshape(1, *events.shape[-2:])
+    return Sample(raw["__key__"], events, depth, mask & np.isfinite(depth) & (depth > 0))
+
+
+def prefetch(it: Iterator, depth: int) -> Iterator:
+    """Run ``it`` in a background thread ``depth`` items ahead (tar reading and decoding overlap
+    the forward passes; the order is unchanged)."""
+    if depth <= 0:
+        yield from it
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for x in it:
+                q.put(x)
+        except BaseException as e:  # re-raised in the consumer, with its traceback
+            q.put(e)
+        q.put(done)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    while True:
+        x = q.get()
+        if x is done:
+            return
+        if isinstance(x, BaseException):
+            raise x
+        yield x

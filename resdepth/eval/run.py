@@ -1,0 +1,273 @@
+"""``main(cfg)``: evaluate this process's share of the work list; ``merge(out)``: reduce the parts.
+
+Flow of one process: load the exports, build the fixed work list (``work``), record it in
+``plan.json``, compute or load the baseline, evaluate each unit of this worker that has no part yet
+(``evaluate_unit``), wait for the other ranks, and, when every unit of every task has its part,
+merge them into ``metrics.json``, ``report.md`` and ``samples.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from resdepth import dist
+from resdepth.eval import parts as P
+from resdepth.eval.config import EvalConfig, resolve_tasks, result_hash, validate
+from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
+from resdepth.eval.progress import EvalProgress
+from resdepth.eval.work import Unit, make_units, split_shards, task_units, worker_units
+from resdepth.models.export import write_json_atomic
+from resdepth.utils.logging import setup_logging
+
+log = logging.getLogger("resdepth")
+
+
+@dataclass
+class Context:
+    """What every unit of one process needs."""
+    cfg: EvalConfig
+    out: Path
+    nets: Nets
+    patching: Any
+    baseline: Optional[torch.Tensor]  # [1, H, W] metres
+    plan_hash: str
+    device: torch.device
+
+
+def main(cfg: EvalConfig) -> int:
+    """Evaluate this process's units; the process that completes the work list merges it. 0 when done."""
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = dist.init("cpu" if cfg.device == "cpu" else "auto")
+    num_tasks, task_id = resolve_tasks(cfg)
+    out = Path(cfg.out)
+    log_dir = out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else "")
+    setup_logging(log_dir, env.rank)
+    ok = False
+    try:
+        evaluate(cfg, out, num_tasks, task_id)
+        ok = True
+        return 0
+    finally:
+        if ok:
+            dist.shutdown()
+        elif dist.is_dist():
+            torch.distributed.destroy_process_group()
+
+
+def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[dict],
+              with_baseline: bool) -> dict:
+    """The work list and the settings that every part of it must share."""
+    counts = [u.count for u in units]
+    total = None if any(c is None for c in counts) else int(sum(counts))
+    identity = {"nets": nets.identity(), "units": [(u.name, u.count) for u in units],
+                "baseline": with_baseline}
+    settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
+                "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed}
+    return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
+            "index_num_samples": None if index is None else int(index.get("num_samples", -1)),
+            "max_samples": cfg.max_samples, "preview": cfg.preview,
+            "diffusion": bool(cfg.diffusion), "baseline": with_baseline,
+            "settings": {k: v for k, v in settings.items() if v is not None},
+            "units": [u.to_dict() for u in units]}
+
+
+def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
+    from resdepth.eval.baseline import baseline_dir, load_or_compute
+
+    device = resolve_device(cfg)
+    nets = load_nets(cfg, device)
+    bins, h, w = nets.data_shape
+    shards, index = split_shards(cfg.data)
+    if index is not None and "shapes" in index:
+        found = [int(s) for s in index["shapes"]["events.npy"]]
+        if found != [bins, h, w]:
+            raise ValueError(f"{cfg.data} holds events of shape {found}, the nets were trained on "
+                             f"{[bins, h, w]} (bins, height, width)")
+    units = make_units(shards, cfg.unit_size, cfg.max_samples)
+    if not units:
+        raise ValueError(f"{cfg.data}: no samples to evaluate")
+    with_baseline = baseline_dir(cfg) is not None
+    plan = make_plan(cfg, nets, units, index, with_baseline)
+    if dist.is_main():
+        (out / P.PARTS).mkdir(parents=True, exist_ok=True)
+        P.write_plan(out, plan)
+    dist.barrier()
+    base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
+    ctx = Context(cfg, out, nets, make_patching(cfg, nets),
+                  None if base is None else torch.from_numpy(base)[None], plan["hash"], device)
+
+    world, rank = dist.world_size(), dist.rank()
+    mine = worker_units(units, num_tasks, task_id, world, rank)
+    todo = [u for u in mine if not unit_done(ctx, u)]
+    log.info("task %d/%d rank %d/%d: %d units of %d to evaluate (%d finished earlier)", task_id,
+             num_tasks, rank, world, len(todo), len(mine), len(mine) - len(todo))
+    ours = task_units(units, num_tasks, task_id, world)
+    progress = EvalProgress(out, [u.to_dict() for u in ours], enabled=dist.is_main())
+    try:
+        for unit in todo:
+            evaluate_unit(ctx, unit, progress)
+            log.info("unit %s done", unit.name)
+            progress.update()
+        if world > 1 and dist.is_main():
+            progress.wait_for_others()
+    finally:
+        progress.close()
+    dist.barrier()
+    if dist.is_main():
+        missing = P.missing_units(out, plan)
+        if missing:
+            log.info("task %d finished; %d units of other tasks have no part yet: the last task to "
+                     "finish (or `resdepth-eval merge %s`) writes metrics.json", task_id,
+                     len(missing), out)
+        else:
+            metrics = merge(out)
+            dist.print0(summary_line(metrics, out))
+
+
+def unit_done(ctx: Context, unit: Unit) -> bool:
+    """A unit is done when its part exists (and its prediction shard, if predictions are wanted)."""
+    part = P.read_part(ctx.out, unit.name)
+    if part is None:
+        return False
+    if part.get("hash") != ctx.plan_hash:
+        raise ValueError(f"{P.part_path(ctx.out, unit.name)} was written by another evaluation")
+    return not ctx.cfg.save_predictions or P.pred_path(ctx.out, unit.name).exists()
+
+
+def batches(it: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _add(sums: dict, name: str, new: dict) -> None:
+    from resdepth.eval.metrics import add_sums
+
+    sums[name] = add_sums(sums[name], new) if name in sums else new
+
+
+def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
+    """Predict every sample of ``unit``, write its predictions and previews, then (last) its part."""
+    from resdepth.eval.metrics import depth_metric_sums, ensemble_metric_sums
+    from resdepth.eval.reader import iter_samples, prefetch
+
+    cfg = ctx.cfg
+    samples = prefetch(iter_samples(unit.url, unit.start, unit.stop), cfg.num_workers * cfg.batch)
+    writer = P.PredictionShard(P.pred_path(ctx.out, unit.name)) if cfg.save_predictions else None
+    sums: dict[str, dict] = {}
+    previews: dict[str, list[np.ndarray]] = {}
+    n, valid = 0, 0
+    try:
+        for batch in batches(samples, cfg.batch):
+            keys = [s.key for s in batch]
+            events = torch.from_numpy(np.stack([s.events for s in batch])).to(ctx.device)
+            depth = torch.from_numpy(np.stack([s.depth for s in batch]))
+            mask = torch.from_numpy(np.stack([s.mask for s in batch]))
+            pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}
+            _add(sums, "regression", depth_metric_sums(pred["regression"], depth, mask))
+            if "members" in pred:
+                _add(sums, "diffusion", depth_metric_sums(pred["mean"], depth, mask))
+                _add(sums, "ensemble", ensemble_metric_sums(pred["members"], depth, mask))
+            if ctx.baseline is not None:
+                base = ctx.baseline.expand_as(depth)
+                _add(sums, "baseline", depth_metric_sums(base, depth, mask))
+            if writer is not None:
+                for i, key in enumerate(keys):
+                    writer.write(key, {k: v[i] for k, v in pred.items()
+                                       if k != "members" or cfg.save_members})
+            keep_previews(ctx, unit, n, batch, pred, previews)
+            n += len(batch)
+            valid += int(mask.sum())
+            progress.update(extra=n)
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if unit.count is not None and n != unit.count:
+        raise ValueError(f"{unit.url}: {n} samples in [{unit.start}, {unit.stop}), the index says "
+                         f"{unit.count}")
+    if previews:
+        P.save_npz_atomic(P.preview_path(ctx.out, unit.name),
+                          {k: np.stack(v) for k, v in previews.items()})
+    part = {"unit": unit.name, "hash": ctx.plan_hash, "num_samples": n,
+            "num_valid_pixels": valid, "sums": sums}
+    P.write_part(ctx.out, unit.name, part)
+    return part
+
+
+def keep_previews(ctx: Context, unit: Unit, n: int, batch: list, pred: dict,
+                  previews: dict[str, list[np.ndarray]]) -> None:
+    """Keep the arrays of the first ``preview`` samples of the work list (fixed for any world size)."""
+    if unit.offset is None:
+        return
+    for i, s in enumerate(batch):
+        if unit.offset + n + i >= ctx.cfg.preview:
+            return
+        previews.setdefault("keys", []).append(np.array(s.key))
+        previews.setdefault("events", []).append(s.events.sum(axis=0))
+        previews.setdefault("depth", []).append(s.depth[0])
+        previews.setdefault("mask", []).append(s.mask[0])
+        previews.setdefault("regression", []).append(pred["regression"][i, 0].numpy())
+        if "members" in pred:
+            previews.setdefault("mean", []).append(pred["mean"][i, 0].numpy())
+            previews.setdefault("member", []).append(pred["members"][i, 0, 0].numpy())
+            previews.setdefault("std", []).append(pred["std"][i, 0].numpy())
+
+
+def merge(out_dir) -> dict:
+    """Reduce every part of ``out_dir`` into ``metrics.json`` (float64 sums, work-list order), then
+    write ``report.md`` and ``samples.png``. Raises ``IncompleteEvaluation`` listing what is missing."""
+    from resdepth.eval.metrics import finalize
+    from resdepth.eval.report import write_report
+
+    out = Path(out_dir)
+    plan = P.read_plan(out)
+    total = P.reduce_parts(out, plan)
+    expected = plan["num_samples"]
+    if expected is not None and total["num_samples"] != expected:
+        raise P.IncompleteEvaluation(f"{out}: {total['num_samples']} samples evaluated, the work "
+                                     f"list has {expected}")
+    idx = plan.get("index_num_samples")
+    if idx is not None and idx >= 0 and not plan["max_samples"] and total["num_samples"] != idx:
+        raise P.IncompleteEvaluation(f"{out}: {total['num_samples']} samples evaluated, "
+                                     f"index.json counts {idx}")
+    sums = total["sums"]
+    metrics: dict[str, Any] = {"num_samples": total["num_samples"],
+                               "num_valid_pixels": total["num_valid_pixels"]}
+    if "baseline" in sums:
+        metrics["baseline"] = finalize(sums["baseline"])
+    metrics["regression"] = finalize(sums["regression"])
+    if "diffusion" in sums:
+        metrics["diffusion"] = {**finalize(sums["diffusion"]), **finalize(sums["ensemble"])}
+    metrics["settings"] = plan["settings"]
+    write_json_atomic(out / "metrics.json", metrics)
+    write_report(out, metrics, plan)
+    log.info("merged %d parts (%d samples) into %s", len(plan["units"]), total["num_samples"],
+             out / "metrics.json")
+    return metrics
+
+
+def summary_line(metrics: dict, out: Path) -> str:
+    parts = [f"{metrics['num_samples']} samples"]
+    for name in ("baseline", "regression", "diffusion"):
+        if name in metrics:
+            m = metrics[name]
+            extra = f", crps {m['crps']:.4f}" if "crps" in m else ""
+            parts.append(f"{name}: abs_rel {m['abs_rel']:.4f}, rmse {m['rmse']:.3f} m{extra}")
+    return "; ".join(parts) + f" -> {out / 'metrics.json'}"
