@@ -6,7 +6,6 @@ preprocessing as training.
 """
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from dataclasses import dataclass
@@ -43,19 +42,17 @@ def iter_samples(url: str, start: int = 0, stop: Optional[int] = None) -> Iterat
         yield decode(raw, url)
 
 
-def _npy(raw: dict, name: str, url: str) -> np.ndarray:
-    if name not in raw:
-        raise KeyError(f"{url}: sample {raw.get('__key__')} has no {name} "
-                       f"(members: {', '.join(k for k in raw if not k.startswith('__'))})")
-    return np.load(io.BytesIO(raw[name]), allow_pickle=False)
+def decode(raw: dict, url: str, shapes: Optional[dict] = None) -> Sample:
+    """A raw tar sample to a ``Sample`` (format and checks of ``resdepth.data.format``)."""
+    from resdepth.data.format import DataError, decode_sample
 
-
-def decode(raw: dict, url: str) -> Sample:
-    """A raw tar sample (``events.npy``, ``depth.npy``, ``mask.npy``) to a ``Sample``."""
-    events = _npy(raw, "events.npy", url).astype(np.float32)
-    depth = _npy(raw, "depth.npy", url).astype(np.float32).reshape(1, *events.shape[-2:])
-    mask = _npy(raw, "mask.npy", url).astype(bool).reshape(1, *events.shape[-2:])
-    return Sample(raw["__key__"], events, depth, mask & np.isfinite(depth) & (depth > 0))
+    try:
+        d = decode_sample(raw, shapes)
+    except DataError as e:
+        raise DataError(f"{url}: sample {raw.get('__key__', '?')}: {e}") from e
+    depth = d["depth"].astype(np.float32)
+    mask = (d["mask"] > 0) & np.isfinite(depth) & (depth > 0)
+    return Sample(d["key"], d["events"].astype(np.float32), depth, mask)
 
 
 def prefetch(it: Iterator, depth: int) -> Iterator:

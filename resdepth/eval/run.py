@@ -155,8 +155,10 @@ def batches(it: Iterator, size: int) -> Iterator[list]:
 
 
 def _add(sums: dict, name: str, new: dict) -> None:
+    """Fold one batch's float64 sums into the unit's (python floats: exact in JSON)."""
     from resdepth.eval.metrics import add_sums
 
+    new = {k: float(v) for k, v in new.items()}
     sums[name] = add_sums(sums[name], new) if name in sums else new
 
 

@@ -102,12 +102,4 @@ def split_shards(data: str) -> tuple[list[tuple[str, Optional[int]]], Optional[d
 
 def index_shard_counts(index: dict) -> list[tuple[str, int]]:
     """``(shard file name, samples)`` in index order."""
-    shards = index["shards"]
-    out = []
-    for s in shards:
-        name = s.get("name") or s.get("file") or s.get("url") or s.get("path")
-        n = s.get("count", s.get("num_samples", s.get("samples")))
-        if name is None or n is None:
-            raise ValueError(f"index.json shard entry {s!r} lacks a name or a sample count")
-        out.append((Path(str(name)).name, int(n)))
-    return out
+    return [(str(s["name"]), int(s["nsamples"])) for s in index["shards"]]
