@@ -1,0 +1,130 @@
+"""Build tiny inputs and run ``resdepth-eval`` as users do (in-process, subprocesses, torchrun)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+BINS, H, W = 3, 32, 32
+TEST_SHARD_SIZES = [5, 3, 8, 1, 6, 2, 4]  # 29 samples, uneven on purpose
+TINY_MODEL = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[])
+FAST = ["--ensemble", "2", "--steps", "4", "--batch", "2", "--unit-size", "3", "--preview", "3",
+        "--S-churn", "1.0"]
+
+
+def write_split(split: Path, sizes: list[int], seed: int) -> None:
+    """Shards of random events and depth (some invalid pixels) plus ``index.json``."""
+    import webdataset as wds
+
+    from resdepth.data import format as fmt
+
+    split.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    shards, k = [], 0
+    for i, n in enumerate(sizes):
+        name = fmt.shard_name(i)
+        with wds.TarWriter(str(split / name)) as w:
+            for _ in range(n):
+                depth = rng.uniform(2.0, 60.0, (1, H, W)).astype(np.float32)
+                depth[:, : H // 4] = 0.0  # "sky": invalid
+                events = rng.normal(0, 1, (BINS, H, W)) * (rng.random((BINS, H, W)) < 0.2)
+                w.write(fmt.make_sample(f"{split.name}_{k:07d}", events, depth, None,
+                                        {"source": "test", "sequence": "s", "t_start": 0.0,
+                                         "t_end": 0.05}))
+                k += 1
+        shards.append({"name": name, "nsamples": n, "bytes": (split / name).stat().st_size})
+    fmt.write_json_atomic(split / fmt.INDEX_NAME, {
+        "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": shards,
+        "num_samples": k, "shapes": fmt.shapes_for(BINS, H, W), "dtypes": dict(fmt.DTYPES),
+        "bins": BINS, "height": H, "width": W, "params": {"test": True}})
+
+
+def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False) -> dict[str, Path]:
+    """Random-weight exports of both stages, as training would write them."""
+    from resdepth.data.norm import DepthNorm
+    from resdepth.models.build import arch_spec, build_net
+    from resdepth.models.config import ModelConfig
+    from resdepth.models.export import save_export
+
+    norm = norm or DepthNorm().to_dict()
+    out = {}
+    for i, stage in enumerate(("regression", "diffusion")):
+        torch.manual_seed(10 + i)
+        cfg = ModelConfig(stage=stage, **TINY_MODEL)
+        spec = arch_spec(cfg, stage, BINS, [H, W], patching=patching and stage == "diffusion")
+        net = build_net(spec)
+        with torch.no_grad():  # random but not tiny outputs, so metrics differ between predictors
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        meta = {"spec": spec, "sigma_data": 0.5, "norm": norm,
+                "data": {"bins": BINS, "height": H, "width": W}, "step": 0}
+        save_export(root / stage / "export", net, meta)
+        out[stage] = root / stage
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           and not k.startswith("SLURM_")}
+    root = str(Path(__file__).resolve().parents[2])
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+    return env
+
+
+def eval_args(exports: dict, data: Path, out: Path, *extra: str, diffusion: bool = True) -> list[str]:
+    args = ["--regression", str(exports["regression"]), "--data", str(data), "--out", str(out),
+            "--device", "cpu", *FAST, *extra]
+    if diffusion:
+        args += ["--diffusion", str(exports["diffusion"])]
+    return args
+
+
+def run_eval(args: list[str], nproc: int = 1, env: Optional[dict] = None, check: bool = True,
+             timeout: float = 600, prefix: Optional[list[str]] = None) -> subprocess.CompletedProcess:
+    """``python -m resdepth.eval`` (or under ``torchrun`` with ``nproc`` processes)."""
+    if prefix is not None:
+        cmd = [sys.executable, *prefix, *args]
+    elif nproc == 1:
+        cmd = [sys.executable, "-m", "resdepth.eval", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "resdepth.eval", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(),
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
+def assert_metrics_close(a: dict, b: dict, rel: float = 1e-6) -> None:
+    """Same sample and pixel counts, every metric equal within ``rel`` (relative)."""
+    import math
+
+    assert a["num_samples"] == b["num_samples"]
+    assert a["num_valid_pixels"] == b["num_valid_pixels"]
+    for entry in ("baseline", "regression", "diffusion"):
+        assert (entry in a) == (entry in b), entry
+        for k, v in a.get(entry, {}).items():
+            w = b[entry][k]
+            assert math.isclose(v, w, rel_tol=rel, abs_tol=1e-12) or (math.isnan(v) and math.isnan(w)), \
+                (entry, k, v, w)
