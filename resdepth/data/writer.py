@@ -1,0 +1,162 @@
+"""Writing a split directory: shards in parallel, each atomically, ``index.json`` last.
+
+Shard ``i`` holds samples ``[i * per_shard, (i + 1) * per_shard)`` of the source, so any worker can
+write any shard and an interrupted run resumes by writing only the missing ones. A shard is
+written to ``.shard-XXXXXX.tar.tmp``, fsynced, its record (size, sha256, depth statistics) saved
+under ``.parts/``, then renamed into place; ``index.json`` is written after every shard exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import webdataset as wds
+
+from resdepth.data import format as fmt
+
+log = logging.getLogger("resdepth")
+
+PARTS = ".parts"
+
+
+def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> dict:
+    """Write shard ``i`` from ``source.samples(start, stop)``; returns its record."""
+    name = fmt.shard_name(i)
+    tmp = out_dir / f".{name}.tmp"
+    stats = fmt.DepthStats()
+    shapes: Optional[dict] = None
+    n = 0
+    with open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=0.0)
+        for key, events, depth, mask, meta in source.samples(start, stop):
+            sample = fmt.make_sample(key, events, depth, mask, meta)
+            arrays = {k: fmt.npy_load(sample[k]) for k in ("depth.npy", "mask.npy")}
+            got = {"events.npy": list(events.shape), "depth.npy": list(arrays["depth.npy"].shape),
+                   "mask.npy": list(arrays["mask.npy"].shape)}
+            if shapes is None:
+                shapes = got
+            elif got != shapes:
+                raise fmt.DataError(f"{name}: sample {key!r} has shapes {got}, earlier samples {shapes}")
+            stats.add(arrays["depth.npy"], arrays["mask.npy"])
+            writer.write(sample)
+            n += 1
+        writer.close()
+        f.flush()
+        os.fsync(f.fileno())
+    record = {"name": name, "nsamples": n, "bytes": tmp.stat().st_size, "sha256": fmt.sha256_file(tmp)}
+    fmt.write_json_atomic(out_dir / PARTS / f"{name}.json",
+                          {"record": record, "shapes": shapes, "stats": stats.state()})
+    os.replace(tmp, out_dir / name)
+    return record
+
+
+def _job(args: tuple) -> dict:
+    return write_shard(*args)
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def prepare(out_dir: Path, params: dict, resume: bool) -> None:
+    """Create the split directory, or check that a resumed run has the same parameters."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PARTS).mkdir(exist_ok=True)
+    pfile = out_dir / PARTS / "params.json"
+    existing = sorted(p.name for p in out_dir.glob("shard-*.tar"))
+    if (out_dir / fmt.INDEX_NAME).exists() and not resume:
+        raise fmt.DataError(f"{out_dir}: already holds a complete split (index.json); choose "
+                            "another --out or delete it")
+    if existing and not resume:
+        raise fmt.DataError(f"{out_dir}: holds {len(existing)} shards of an unfinished run; "
+                            "pass --resume to continue it or delete the directory")
+    if resume and pfile.exists():
+        old = json.loads(pfile.read_text())
+        if old != json.loads(json.dumps(params)):
+            raise fmt.DataError(f"{out_dir}: --resume with other parameters than the interrupted "
+                                f"run ({old} vs {params})")
+    for tmp in out_dir.glob(".shard-*.tmp"):
+        tmp.unlink()  # a shard that was being written when the run stopped
+    fmt.write_json_atomic(pfile, params)
+
+
+def write_split(out_dir: str | os.PathLike, source: Any, per_shard: int, params: dict,
+                workers: int = 1, resume: bool = False,
+                progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Write every shard of ``source`` into ``out_dir`` and then ``index.json``; returns the index.
+
+    ``progress(done, total)`` is called after each shard. With ``resume``, complete shards stay.
+    """
+    out_dir = Path(out_dir)
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+    if resume and (out_dir / fmt.INDEX_NAME).exists():
+        log.info("%s is complete already", out_dir)
+        return fmt.read_index(out_dir)
+    prepare(out_dir, params, resume)
+    n = len(source)
+    nshards = max(1, math.ceil(n / per_shard))
+    done = [i for i in range(nshards) if (out_dir / fmt.shard_name(i)).exists()
+            and (out_dir / PARTS / f"{fmt.shard_name(i)}.json").exists()]
+    todo = [i for i in range(nshards) if i not in set(done)]
+    if done:
+        log.info("%s: keeping %d complete shards, writing %d", out_dir, len(done), len(todo))
+    jobs = [(out_dir, i, source, i * per_shard, min(n, (i + 1) * per_shard)) for i in todo]
+    count = len(done)
+    if progress:
+        progress(count, nshards)
+    if workers > 1 and len(jobs) > 1:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+            for _ in pool.imap_unordered(_job, jobs):
+                count += 1
+                if progress:
+                    progress(count, nshards)
+    else:
+        for job in jobs:
+            _job(job)
+            count += 1
+            if progress:
+                progress(count, nshards)
+    index = assemble_index(out_dir, nshards, params)
+    fmt.write_json_atomic(out_dir / fmt.INDEX_NAME, index)
+    shutil.rmtree(out_dir / PARTS, ignore_errors=True)
+    return index
+
+
+def assemble_index(out_dir: Path, nshards: int, params: dict) -> dict:
+    """The index from the per-shard records."""
+    records, stats, shapes = [], fmt.DepthStats(), None
+    for i in range(nshards):
+        part = json.loads((out_dir / PARTS / f"{fmt.shard_name(i)}.json").read_text())
+        records.append(part["record"])
+        stats.merge(fmt.DepthStats.from_state(part["stats"]))
+        if part["shapes"] is not None:
+            if shapes is not None and part["shapes"] != shapes:
+                raise fmt.DataError(f"{out_dir}: {fmt.shard_name(i)} has shapes {part['shapes']}, "
+                                    f"other shards {shapes}")
+            shapes = part["shapes"]
+    if shapes is None:
+        raise fmt.DataError(f"{out_dir}: no samples were written")
+    return make_index(records, shapes, stats, params)
+
+
+def make_index(records: list[dict], shapes: dict, stats: fmt.DepthStats, params: dict) -> dict:
+    """An ``index.json`` dict (see ``resdepth.data.format``)."""
+    b, h, w = shapes["events.npy"]
+    return {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": records,
+            "num_samples": sum(r["nsamples"] for r in records), "shapes": shapes,
+            "dtypes": dict(fmt.DTYPES), "bins": b, "height": h, "width": w,
+            "depth_stats": stats.to_dict(), "params": params}
