@@ -14,6 +14,7 @@ hand; how requeue works is described in ``launch/jobs.py``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -78,11 +79,20 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     res, max_requeue = _resources(args)
     root = Path(args.root) if args.root else submit.default_pipeline_root()
     subs = submit.submit_pipeline(root, args.regression, args.diffusion, args.overrides, res,
-                                  args.cluster, max_requeue, args.eval_data, args.eval_set,
+                                  args.cluster, max_requeue, args.eval_data,
+                                  args.eval_set + shlex.split(args.eval_args),
                                   args.array, args.regression_set, args.diffusion_set)
     for s in subs:
         print(f"{s.stage:<10} job {','.join(s.job_ids):<24} {s.dir}")
     print(f"pipeline written to {root.resolve() / 'pipeline.json'}")
+    if args.wait:
+        try:
+            submit.wait_done(subs[-1])
+        except Exception as e:  # submitit's UncompletedJobError etc.: say where to look, fail
+            print(f"pipeline did not complete ({type(e).__name__}); see: resdepth-launch status "
+                  f"{root}", file=sys.stderr)
+            return 1
+        print(f"merge job {subs[-1].job_ids[0]} finished: {subs[-1].dir / 'metrics.json'}")
     return 0
 
 
@@ -133,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value settings for both training stages")
     p.add_argument("--regression", required=True, help="experiment of stage 1")
     p.add_argument("--diffusion", required=True, help="experiment of stage 2")
-    p.add_argument("--root", help="pipeline directory (default runs/pipeline-DATE-TIME)")
+    p.add_argument("--root", "--run-dir", dest="root",
+                   help="pipeline directory (default runs/pipeline-DATE-TIME)")
+    p.add_argument("--wait", action="store_true", help="wait until the merge job has ended")
+    p.add_argument("--eval-args", default="", help="resdepth-eval flags as one string, e.g. '--ensemble 4'")
     p.add_argument("--eval-data", help="split directory to evaluate on (default DATA_ROOT/test)")
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                    help="evaluation setting (repeatable), e.g. --eval-set ensemble=4")
@@ -145,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_args(p)
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("eval", help="submit an evaluation as an array job plus a merge job")
-    p.add_argument("overrides", nargs="*", help="regression=RUN diffusion=RUN data=SPLIT out=DIR ...")
+    p = sub.add_parser("eval", help="submit an evaluation as an array job plus a merge job",
+                       usage="resdepth-launch eval [regression=RUN diffusion=RUN data=SPLIT out=DIR "
+                             "... | resdepth-eval flags] --array K [cluster flags]")
+    # no positional: every other argument (key=value or resdepth-eval's flags) passes through in order
     p.add_argument("--array", type=int, default=1, help="array tasks sharing the work units")
     _resource_args(p)
     p.set_defaults(func=cmd_eval)
@@ -160,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra and args.command != "eval":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "eval":  # resdepth-eval's own flags (--regression RUN ...) pass through
+        args.overrides = extra
     try:
         sys.exit(args.func(args))
     except (ConfigError, FileNotFoundError) as e:

@@ -37,10 +37,25 @@ def train_config(overrides: list[str], run_dir: Optional[str] = None):
 
 
 def eval_config(args: list[str]):
-    """An ``EvalConfig`` from ``key=value`` arguments (same typed loader as training)."""
+    """An ``EvalConfig`` from ``key=value`` arguments or from ``resdepth-eval`` flags (``--out DIR``)."""
     from resdepth.eval.config import EvalConfig
 
+    if any(a.startswith("--") for a in args):
+        from resdepth.eval import parse_args
+
+        return parse_args([f for a in args for f in _as_flags(a)])
     return load_config(EvalConfig, list(args))
+
+
+def _as_flags(arg: str) -> list[str]:
+    """``key=value`` as resdepth-eval flags (``--key value``; booleans ``--key`` / ``--no-key``)."""
+    if arg.startswith("-") or "=" not in arg:
+        return [arg]
+    key, value = arg.split("=", 1)
+    flag = "--" + key.replace("_", "-")
+    if value.lower() in ("true", "false"):
+        return [flag if value.lower() == "true" else "--no-" + flag[2:]]
+    return [flag, value]
 
 
 def train_resources(cfg, res: Resources, stage: str = "train") -> Resources:
