@@ -64,7 +64,7 @@ def make_scene(rng: np.random.Generator, p: SynthParams) -> dict[str, np.ndarray
     x = rng.uniform(-0.55, 0.55, n) * z
     kind = rng.integers(0, 3, n)  # 0 sphere, 1 box, 2 panel
     size = rng.uniform(0.4, 2.5, (n, 3))
-    size[:, 2] = np.minimum(size[:, 2], 0.3 * z)  # keep every object in front of the camera
+    size[:, 1:] = np.minimum(size[:, 1:], 0.3 * z[:, None])  # keep every object in front of the camera
     lo = np.stack([x - size[:, 0], h - 2 * size[:, 1], z - size[:, 2]], 1)
     hi = np.stack([x + size[:, 0], np.full(n, h), z + size[:, 2]], 1)
     panel = kind == 2
