@@ -90,12 +90,13 @@ def task_units(units: list[Unit], num_tasks: int, task_id: int, world: int) -> l
 def split_shards(data: str) -> tuple[list[tuple[str, Optional[int]]], Optional[dict]]:
     """``(url, count)`` of every shard of a split directory (counts from its index) or of URLs."""
     from resdepth.data import format as fmt
-    from resdepth.data.loader import split_urls
 
     p = Path(data)
-    if p.is_dir() and (p / "index.json").exists():
+    if p.is_dir():
         index = fmt.read_index(p)
         return [(str(p / name), int(n)) for name, n in index_shard_counts(index)], index
+    from resdepth.data.loader import split_urls
+
     urls = split_urls(data, None)
     return [(u, None) for u in urls], None
 
