@@ -27,9 +27,11 @@ class EvalProgress:
         self.bar = None
         self.last_log = 0.0
         self.done = 0
+        self.done_at_start = 0
         if not enabled:
             return
         self.done = done_samples(self.out, self.plan)
+        self.done_at_start = self.done
         from rich.console import Console
 
         console = Console(stderr=True)

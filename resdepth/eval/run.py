@@ -7,9 +7,8 @@ merge them into ``metrics.json``, ``report.md`` and ``samples.png``.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -112,6 +111,7 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
              num_tasks, rank, world, len(todo), len(mine), len(mine) - len(todo))
     ours = task_units(units, num_tasks, task_id, world)
     progress = EvalProgress(out, [u.to_dict() for u in ours], enabled=dist.is_main())
+    start = time.perf_counter()
     try:
         for unit in todo:
             evaluate_unit(ctx, unit, progress)
@@ -122,7 +122,11 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     finally:
         progress.close()
     dist.barrier()
+    elapsed = time.perf_counter() - start
     if dist.is_main():
+        new = P.done_samples(out, {"units": [u.to_dict() for u in ours]}) - progress.done_at_start
+        log.info("evaluated %d samples in %.2f s (%.3f samples/s, %d process%s)", new, elapsed,
+                 new / max(elapsed, 1e-9), world, "es" if world > 1 else "")
         missing = P.missing_units(out, plan)
         if missing:
             log.info("task %d finished; %d units of other tasks have no part yet: the last task to "

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from tests.eval.runner import TEST_SHARD_SIZES, make_exports, write_split
 

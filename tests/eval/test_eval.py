@@ -2,8 +2,6 @@
 a kill, predictions that reproduce the metrics, regression-only runs and clear errors."""
 from __future__ import annotations
 
-import json
-import math
 import shutil
 from pathlib import Path
 
