@@ -128,6 +128,13 @@ class StackedRandomGenerator:
         return self.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device)
 
 
+def _img_channels(net: nn.Module) -> int:
+    # validation may hand over a DDP / EMA wrapper; the wrapped net knows its channels
+    while not hasattr(net, "img_channels") and hasattr(net, "module"):
+        net = net.module
+    return int(getattr(net, "img_channels", 1))
+
+
 @torch.no_grad()
 def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optional[nn.Module],
                       cond: torch.Tensor, keys: Sequence[str], *, seed: int, members: int,
@@ -150,11 +157,11 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
     if residual_net is None and regression_net is None:
         raise ValueError("generate_ensemble needs a residual net, a regression net or both")
     n, _, h, w = cond.shape
-    img_channels = (residual_net or regression_net).img_channels
     if regression_net is not None:
         mean = regression_net(cond).to(torch.float32)
     else:
-        mean = torch.zeros(n, img_channels, h, w, device=cond.device)
+        mean = torch.zeros(n, _img_channels(residual_net), h, w, device=cond.device)
+    img_channels = mean.shape[1]
     if residual_net is None:
         draws = [mean] * members
     else:

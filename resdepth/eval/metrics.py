@@ -23,7 +23,7 @@ Conventions (read before comparing with published tables):
 * Probabilistic, from ensemble members (at least 2): the fair CRPS estimator per pixel,
   ``mean_i |x_i - y| - sum_ij |x_i - x_j| / (2 M (M - 1))``, pooled over valid pixels; and the
   spread-skill ratio ``sqrt(sum (1 + 1/M) var_i / sum (mean_i - y)^2)`` with the unbiased member
-  variance (Fortin et al. 2014), 1 for a calibrated ensemble.
+  variance (Fortin et al. 2014), 1 for a calibrated ensemble. Members are not clamped (no logs).
 """
 from __future__ import annotations
 

@@ -129,3 +129,22 @@ def test_generate_ensemble_with_patches():
     out = generate_ensemble(res, reg, cond, ["k"], seed=0, members=2, num_steps=3,
                             patch=GridPatching((16, 16), (8, 8), overlap_pix=2, boundary_pix=1))
     assert out["mean"].shape == (1, 1, 16, 16) and torch.isfinite(out["std"]).all()
+
+
+class _Wrapper(torch.nn.Module):
+    """Like DistributedDataParallel: forwards calls, keeps the net as ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_generate_ensemble_accepts_wrapped_nets():
+    _, res = _nets()
+    cond = torch.randn(1, 2, 8, 8)
+    a = generate_ensemble(_Wrapper(res), None, cond, ["k"], seed=0, members=2, num_steps=3)
+    b = generate_ensemble(res, None, cond, ["k"], seed=0, members=2, num_steps=3)
+    assert torch.equal(a["mean"], b["mean"])
