@@ -6,7 +6,8 @@ Training mode (one ``iter()`` = one epoch; the next ``iter()`` is the next epoch
   for each other at the end of an epoch, whatever the shard sizes.
 * Shards are shuffled with ``(seed, epoch)`` and dealt to ranks, then to the rank's workers. Batch
   ``j`` of a rank comes from worker ``j % W`` (the order in which torch's DataLoader collects
-  results), and worker ``w`` yields exactly the batches ``j = w, w + W, ...``: it reads its shards
+  results, starting from the batch at ``position``), and worker ``w`` yields exactly the batches
+  ``j = w, w + W, ...``: it reads its shards
   in a ``(seed, epoch, rank, w, cycle)`` order, as often as it needs to fill its quota, through a
   shuffle buffer seeded with ``(seed, epoch, rank, w)``. The sequence of batches is therefore a
   pure function of (seed, epoch, rank, world size, number of workers).
@@ -273,6 +274,9 @@ class _WorkerDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        # The DataLoader asks worker 0 first; batch number `start` belongs to worker start % W.
+        if self.plan.mode == "train":
+            worker = (worker + self.plan.start) % self.plan.workers
         return replace(self.plan, worker=worker).run()
 
 
