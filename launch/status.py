@@ -71,6 +71,12 @@ def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return found
 
 
+def _pending_array(acct: dict[str, list[dict]], job_id: str) -> list[dict]:
+    """Array tasks that never started are accounted together, as ``BASE_[0-3]``."""
+    base = job_id.split("_")[0]
+    return next((h for k, h in acct.items() if k.startswith(base + "_[")), []) if "_" in job_id else []
+
+
 def _last_log(row: JobRow, folder: Path | None) -> list[str]:
     lines = records.tail(row.dir / "log-rank0.txt")
     if not lines and folder is not None:
@@ -93,7 +99,7 @@ def collect(path: Path) -> list[JobRow]:
     acct, queue = _sacct(bases), _squeue(bases)
     by_stage: dict[str, list[JobRow]] = {}
     for r in rows:
-        hist = acct.get(r.job_id, [])
+        hist = acct.get(r.job_id) or _pending_array(acct, r.job_id)
         if hist:
             r.state, r.exit_code = hist[-1]["state"], hist[-1]["exit_code"]
             r.started = any(h["start"] not in ("None", "Unknown", "") for h in hist)
