@@ -24,12 +24,17 @@ class ArchitectureMismatch(ValueError):
 
 def unet_kwargs(cfg: ModelConfig, arch: str, img_resolution: list[int], in_channels: int,
                 out_channels: int = 1) -> dict[str, Any]:
-    """Constructor arguments (PhysicsNeMo names) of ``arch`` for the configured sizes."""
+    """Constructor arguments (PhysicsNeMo names) of ``arch`` for the configured sizes.
+
+    ``in_channels`` counts every input channel of the U-Net's first convolution: for
+    ``SongUNetPosEmbd`` that includes the ``N_grid_channels`` of its positional grid.
+    """
     kw: dict[str, Any] = {"img_resolution": list(img_resolution), "in_channels": in_channels,
                           "out_channels": out_channels}
     kw.update({k: getattr(cfg, k) for k in ARCH_KEYS})
     if arch == "SongUNetPosEmbd":
         kw.update({k: getattr(cfg, k) for k in POS_EMBD_KEYS})
+        kw["in_channels"] += cfg.N_grid_channels  # as in PhysicsNeMo: in_channels counts the grid
     return kw
 
 
