@@ -115,12 +115,12 @@ def cmd_verify(a: argparse.Namespace) -> int:
     if report.ok:
         console.print(f"[green]OK[/] {a.dir}: {report.samples} samples in {report.shards} shards "
                       f"({report.bytes / 1e6:.1f} MB); every key, shape, dtype, value, count and "
-                      "sha256 matches index.json")
+                      "sha256 matches index.json", soft_wrap=True)
         return 0
     for line in report.problems:
-        console.print(f"[red]PROBLEM[/] {line}")
+        console.print(f"[red]PROBLEM[/] {line}", soft_wrap=True)
     console.print(f"[red]FAILED[/] {a.dir}: {len(report.problems)} problems "
-                  f"({report.samples} samples read in {report.shards} shards)")
+                  f"({report.samples} samples read in {report.shards} shards)", soft_wrap=True)
     return 1
 
 
@@ -156,7 +156,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         console.print(index_table(str(path), read_index(path)))
     samples = _inspect_samples(path, a.n)
     t = Table(title=f"first {len(samples)} samples of {path}")
-    for col in ("key", "events", "|events| sum", "nonzero %", "valid %", "depth min/max [m]", "source"):
+    t.add_column("key", no_wrap=True)
+    for col in ("events", "|events| sum", "nonzero %", "valid %", "depth min/max [m]", "source"):
         t.add_column(col)
     for s in samples:
         ev, d, m = s["events"].astype(np.float32), s["depth"], s["mask"] > 0

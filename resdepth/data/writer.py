@@ -56,6 +56,33 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
     return record
 
 
+def _complete(out_dir: Path, i: int, expected: int) -> bool:
+    """Whether shard ``i`` is in place with its record; a shard without one (its record was
+    removed) gets the record rebuilt from its contents when it reads back completely."""
+    name = fmt.shard_name(i)
+    if not (out_dir / name).exists():
+        return False
+    if (out_dir / PARTS / f"{name}.json").exists():
+        return True
+    stats, shapes, n = fmt.DepthStats(), None, 0
+    try:
+        for raw in fmt.iter_shard(str(out_dir / name)):
+            d = fmt.decode_sample(raw)
+            stats.add(d["depth"], d["mask"])
+            shapes = {k: list(d[k.split(".")[0]].shape) for k in fmt.ARRAY_KEYS}
+            n += 1
+    except fmt.DataError as e:
+        log.warning("%s: rewriting (%s)", name, e)
+        return False
+    if n != expected:
+        return False
+    path = out_dir / name
+    record = {"name": name, "nsamples": n, "bytes": path.stat().st_size, "sha256": fmt.sha256_file(path)}
+    fmt.write_json_atomic(out_dir / PARTS / f"{name}.json",
+                          {"record": record, "shapes": shapes, "stats": stats.state()})
+    return True
+
+
 def _job(args: tuple) -> dict:
     return write_shard(*args)
 
@@ -108,8 +135,7 @@ def write_split(out_dir: str | os.PathLike, source: Any, per_shard: int, params:
     prepare(out_dir, params, resume)
     n = len(source)
     nshards = max(1, math.ceil(n / per_shard))
-    done = [i for i in range(nshards) if (out_dir / fmt.shard_name(i)).exists()
-            and (out_dir / PARTS / f"{fmt.shard_name(i)}.json").exists()]
+    done = [i for i in range(nshards) if _complete(out_dir, i, min(n, (i + 1) * per_shard) - i * per_shard)]
     todo = [i for i in range(nshards) if i not in set(done)]
     if done:
         log.info("%s: keeping %d complete shards, writing %d", out_dir, len(done), len(todo))
