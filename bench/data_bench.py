@@ -1,0 +1,123 @@
+"""Data-layer throughput: synthetic generation, packing, voxelisation, and the loader against a
+bare tar read of the same shards.
+
+    python bench/data_bench.py [--samples 512] [--height 64 --width 64 --bins 5]
+
+Goals: voxelisation >= 10 M events/s on one core; loader >= 0.6 of the bare tar read rate.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from resdepth.data import format as fmt  # noqa: E402
+from resdepth.data.loader import ShardStream, split_urls  # noqa: E402
+from resdepth.data.sources import NpzSource, SynthSource  # noqa: E402
+from resdepth.data.synthetic import SynthParams, synth_sample  # noqa: E402
+from resdepth.data.voxel import events_to_voxel  # noqa: E402
+from resdepth.data.writer import write_split  # noqa: E402
+
+console = Console()
+
+
+def bench_synth(params: SynthParams, n: int) -> float:
+    t = time.perf_counter()
+    for i in range(n):
+        synth_sample(0, "train", i, params)
+    return n / (time.perf_counter() - t)
+
+
+def bench_voxel(n_events: int, repeats: int = 3) -> float:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 346, n_events), rng.integers(0, 260, n_events)
+    t, p = np.sort(rng.random(n_events)), rng.choice([-1, 1], n_events)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        events_to_voxel(x, y, t, p, 5, 260, 346, 0.0, 1.0)
+        best = min(best, time.perf_counter() - t0)
+    return n_events / best
+
+
+def bench_pack(root: Path, params: SynthParams, n: int) -> float:
+    """MB/s of ``pack`` from per-sample .npz voxel files (written first, not timed)."""
+    src = root / "npz"
+    src.mkdir()
+    for i in range(n):
+        s = synth_sample(0, "test", i, params)
+        np.savez(src / f"s{i:05d}.npz", events=s["events"], depth=s["depth"], mask=s["mask"])
+    t = time.perf_counter()
+    index = write_split(root / "packed", NpzSource(str(src)), 64, {"command": "bench"})
+    return sum(s["bytes"] for s in index["shards"]) / 1e6 / (time.perf_counter() - t)
+
+
+def bare_read(urls: list[str]) -> tuple[float, float]:
+    """Samples/s and MB/s of reading the raw tar members (no decoding), the upper bound."""
+    t, n, nbytes = time.perf_counter(), 0, 0
+    for url in urls:
+        for raw in fmt.iter_shard(url):
+            n += 1
+            nbytes += sum(len(v) for k, v in raw.items() if not k.startswith("__"))
+    dt = time.perf_counter() - t
+    return n / dt, nbytes / 1e6 / dt
+
+
+def loader_read(urls: list[str], index: dict, workers: int, batch: int) -> tuple[float, float]:
+    s = ShardStream(urls, mode="train", batch_size=batch, num_workers=workers, index=index,
+                    rank=0, world_size=1, shuffle_buffer=64)
+    t, n, nbytes = time.perf_counter(), 0, 0
+    for b in s:
+        n += len(b["key"])
+        nbytes += sum(b[k].numel() * b[k].element_size() // (2 if k == "events" else 1)
+                      for k in ("events", "depth_m")) + b["mask"].numel()
+    dt = time.perf_counter() - t
+    return n / dt, nbytes / 1e6 / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=768, help="samples in the loader shards")
+    ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--bins", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    params = SynthParams(height=args.height, width=args.width, bins=args.bins)
+    rows: list[tuple[str, str, str]] = []
+    rows.append(("synthetic generation (1 core)", f"{bench_synth(params, 60):.1f} samples/s", ">= 50"))
+    rows.append(("voxelisation (1 core, 5 bins, 346x260)",
+                 f"{bench_voxel(4_000_000) / 1e6:.1f} M events/s", ">= 10"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows.append(("pack .npz -> shards (1 process)", f"{bench_pack(root, params, 128):.1f} MB/s", ""))
+        write_split(root / "train", SynthSource("train", args.samples, 0, params), 64,
+                    {"command": "bench"}, workers=2)
+        urls, index = split_urls(str(root / "train")), fmt.read_index(root / "train")
+        bare_read(urls)  # warm the page cache
+        bare = bare_read(urls)
+        rows.append(("bare tar read (no decoding)", f"{bare[0]:.0f} samples/s, {bare[1]:.1f} MB/s", ""))
+        for w in (0, 2):
+            got = loader_read(urls, index, w, 16)
+            rows.append((f"ShardStream, {w} workers", f"{got[0]:.0f} samples/s, {got[1]:.1f} MB/s",
+                         f"ratio to bare read {got[0] / bare[0]:.2f} (goal >= 0.6)"))
+    table = Table(title=f"data layer throughput ({args.height}x{args.width}, {args.bins} bins, "
+                        f"{os.cpu_count()} cores)")
+    for col in ("stage", "rate", "goal / note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
