@@ -84,6 +84,10 @@ class Trainer:
                              "(make one with `resdepth-shards synth --out DIR`)")
         self.norm = DepthNorm.from_config(cfg.data)
         train_src = cfg.data.train_urls or str(Path(cfg.data.root) / "train")
+        if not cfg.data.train_urls and not (Path(train_src) / "index.json").is_file():
+            raise FileNotFoundError(f"data.root={cfg.data.root}: no {train_src}/index.json; data.root "
+                                    "must hold train/ and val/ split directories written by "
+                                    "resdepth-shards (synth, pack or reshard)")
         self.train_urls = split_urls(train_src, None)
         self.index = _read_index_or_none(cfg.data.root, "train")
         self.bins, self.height, self.width = _shape_from(self.index, self.train_urls)
