@@ -212,7 +212,7 @@ class Attention(torch.nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
         q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each (B, heads, HW, C/heads)
         a = F.scaled_dot_product_attention(q, k, v)  # default scale is 1/sqrt(C/heads)
-        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w)) + x
+        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w)).add_(x)
 
 
 class UNetBlock(torch.nn.Module):
@@ -256,9 +256,9 @@ class UNetBlock(torch.nn.Module):
             scale, shift = params.chunk(2, dim=1)
             x = self.act(torch.addcmul(shift, self.norm1(x), scale + 1))
         else:
-            x = self.norm1(x + params)
+            x = self.norm1(x.add_(params))  # conv outputs are not saved for backward: in place
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
-        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(self.skip_scale)
         if self.attn is not None:
-            x = self.attn(x) * self.skip_scale
+            x = self.attn(x).mul_(self.skip_scale)
         return x

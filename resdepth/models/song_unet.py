@@ -175,8 +175,10 @@ class SongUNet(torch.nn.Module):
         if not torch.compiler.is_compiling():
             self._check_inputs(x, noise_labels, class_labels, augment_labels)
         emb = self._embed(x, noise_labels, class_labels, augment_labels)
+        if x.device.type == "cpu":  # oneDNN convolutions and group norm are faster in NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
         x, skips = self._encode(x, emb)
-        return self._decode(x, emb, skips)
+        return self._decode(x, emb, skips).contiguous()
 
     def _embed(self, x: torch.Tensor, noise_labels: torch.Tensor,
                class_labels: Optional[torch.Tensor],
