@@ -175,14 +175,11 @@ def safe_load_deepspeed(path: str | Path) -> Any:
     """
     allowed: list = [set, frozenset]
     try:
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
-        allowed += [LossScaler, DynamicLossScaler, fragment_address]
+        allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
     except ImportError:  # pragma: no cover - deepspeed is a dependency
-        pass
-    try:
-        from deepspeed.checkpoint.constants import PARAM_SHAPES  # noqa: F401
-    except ImportError:  # pragma: no cover
         pass
     with torch.serialization.safe_globals(allowed):
         try:

@@ -33,7 +33,7 @@ from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
 # Keys that may change between a run and its resumption without breaking exactness.
-RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume", "data.num_workers")
+RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume")
 # Test hook: rank 0 sends itself SIGUSR2 after this step (as Slurm's submitit signals rank 0 only).
 FAULT_SIGNAL_ENV = "RESDEPTH_FAULT_SIGNAL_AT_STEP"
 
