@@ -19,7 +19,8 @@ FAST = ["--ensemble", "2", "--steps", "4", "--batch", "2", "--unit-size", "3", "
         "--S-churn", "1.0"]
 
 
-def write_split(split: Path, sizes: list[int], seed: int) -> None:
+def write_split(split: Path, sizes: list[int], seed: int, bins: int = BINS, h: int = H,
+                w: int = W) -> None:
     """Shards of random events and depth (some invalid pixels) plus ``index.json``."""
     import webdataset as wds
 
@@ -30,23 +31,25 @@ def write_split(split: Path, sizes: list[int], seed: int) -> None:
     shards, k = [], 0
     for i, n in enumerate(sizes):
         name = fmt.shard_name(i)
-        with wds.TarWriter(str(split / name)) as w:
+        with wds.TarWriter(str(split / name)) as writer:
             for _ in range(n):
-                depth = rng.uniform(2.0, 60.0, (1, H, W)).astype(np.float32)
-                depth[:, : H // 4] = 0.0  # "sky": invalid
-                events = rng.normal(0, 1, (BINS, H, W)) * (rng.random((BINS, H, W)) < 0.2)
-                w.write(fmt.make_sample(f"{split.name}_{k:07d}", events, depth, None,
+                depth = rng.uniform(2.0, 60.0, (1, h, w)).astype(np.float32)
+                depth[:, : h // 4] = 0.0  # "sky": invalid
+                events = rng.normal(0, 1, (bins, h, w)) * (rng.random((bins, h, w)) < 0.2)
+                writer.write(fmt.make_sample(f"{split.name}_{k:07d}", events, depth, None,
                                         {"source": "test", "sequence": "s", "t_start": 0.0,
                                          "t_end": 0.05}))
                 k += 1
         shards.append({"name": name, "nsamples": n, "bytes": (split / name).stat().st_size})
     fmt.write_json_atomic(split / fmt.INDEX_NAME, {
         "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": shards,
-        "num_samples": k, "shapes": fmt.shapes_for(BINS, H, W), "dtypes": dict(fmt.DTYPES),
-        "bins": BINS, "height": H, "width": W, "params": {"test": True}})
+        "num_samples": k, "shapes": fmt.shapes_for(bins, h, w), "dtypes": dict(fmt.DTYPES),
+        "bins": bins, "height": h, "width": w, "params": {"test": True}})
 
 
-def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False) -> dict[str, Path]:
+def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False,
+                 size: tuple[int, int] = (H, W), model: Optional[dict] = None,
+                 bins: int = BINS) -> dict[str, Path]:
     """Random-weight exports of both stages, as training would write them."""
     from resdepth.data.norm import DepthNorm
     from resdepth.models.build import arch_spec, build_net
@@ -57,14 +60,14 @@ def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False
     out = {}
     for i, stage in enumerate(("regression", "diffusion")):
         torch.manual_seed(10 + i)
-        cfg = ModelConfig(stage=stage, **TINY_MODEL)
-        spec = arch_spec(cfg, stage, BINS, [H, W], patching=patching and stage == "diffusion")
+        cfg = ModelConfig(stage=stage, **(model or TINY_MODEL))
+        spec = arch_spec(cfg, stage, bins, list(size), patching=patching and stage == "diffusion")
         net = build_net(spec)
         with torch.no_grad():  # random but not tiny outputs, so metrics differ between predictors
             for p in net.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         meta = {"spec": spec, "sigma_data": 0.5, "norm": norm,
-                "data": {"bins": BINS, "height": H, "width": W}, "step": 0}
+                "data": {"bins": bins, "height": size[0], "width": size[1]}, "step": 0}
         save_export(root / stage / "export", net, meta)
         out[stage] = root / stage
     return out
