@@ -13,7 +13,7 @@ import sys
 import typing
 from typing import Literal, Optional, Union
 
-from resdepth.config.core import ConfigError, from_dict
+from resdepth.config.core import ConfigError, from_dict, parse_overrides
 from resdepth.eval.config import EvalConfig
 
 _UNSET = object()
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`resdepth-eval merge DIR` reduces finished parts into metrics.json.",
         epilog="Example: torchrun --nproc-per-node 2 -m resdepth.eval --regression runs/reg "
                "--diffusion runs/diff --data shards/test --out eval --ensemble 8")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="settings as key=value (the form resdepth-launch uses); flags win")
     hints = typing.get_type_hints(EvalConfig)
     for f in dataclasses.fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -53,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
-    """Command-line flags to a validated ``EvalConfig``."""
-    ns = build_parser().parse_args(argv)
-    data = {k: v for k, v in vars(ns).items() if v is not _UNSET}
+    """Command-line flags (and ``key=value`` settings) to a typed ``EvalConfig``."""
+    ns = build_parser().parse_intermixed_args(argv)
+    data = parse_overrides(ns.overrides)
+    data.update({k: v for k, v in vars(ns).items() if v is not _UNSET and k != "overrides"})
     return from_dict(EvalConfig, data)
 
 

@@ -3,6 +3,7 @@ a kill, predictions that reproduce the metrics, regression-only runs and clear e
 from __future__ import annotations
 
 import shutil
+import math
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,29 @@ def test_cli_errors_are_short(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run_eval(["--sampler", "fast"], check=False)
     assert proc.returncode == 2
+
+
+def test_patch_based_sampling(eval_root, tmp_path):
+    """A net trained on patches runs on a 16x16 grid with overlap and boundary, and on whole
+    frames; both give full-size predictions and finite metrics."""
+    from resdepth.eval import main
+
+    ex = make_exports(tmp_path / "patch_exports", patching=True)
+    results = {}
+    for name, extra in (("patched", ["--patch", "16", "--overlap", "4", "--boundary", "2"]),
+                        ("whole", [])):
+        out = tmp_path / name
+        cfg = parse_args(eval_args(ex, eval_root / "test", out, "--max-samples", "4",
+                                   "--baseline", "none", *extra))
+        assert main(cfg) == 0
+        results[name] = metrics(out)
+        assert "baseline" not in results[name]
+        assert all(math.isfinite(v) for v in results[name]["diffusion"].values())
+    assert results["patched"]["diffusion"] != results["whole"]["diffusion"]
+    assert results["patched"]["regression"] == results["whole"]["regression"]
+
+
+def test_key_value_settings(exports, eval_root, tmp_path):
+    cfg = parse_args([f"regression={exports['regression']}", f"data={eval_root / 'test'}",
+                      f"out={tmp_path}", "ensemble=3", "--ensemble", "5", "sampler=deterministic"])
+    assert (cfg.ensemble, cfg.sampler) == (5, "deterministic")
