@@ -95,10 +95,14 @@ def split_shards(data: str) -> tuple[list[tuple[str, Optional[int]]], Optional[d
     if p.is_dir():
         index = fmt.read_index(p)
         return [(str(p / name), int(n)) for name, n in index_shard_counts(index)], index
-    from resdepth.data.loader import split_urls
+    from resdepth.data.loader import count_samples, split_urls
 
-    urls = split_urls(data, None)
-    return [(u, None) for u in urls], None
+    out: list[tuple[str, Optional[int]]] = []
+    for url in split_urls(data, None):
+        local = not url.startswith("pipe:") and "://" not in url
+        # local tars are counted from their headers (cheap); remote ones are evaluated whole
+        out.append((url, count_samples(url) if local else None))
+    return out, None
 
 
 def index_shard_counts(index: dict) -> list[tuple[str, int]]:

@@ -244,3 +244,14 @@ def test_key_value_settings(exports, eval_root, tmp_path):
     cfg = parse_args([f"regression={exports['regression']}", f"data={eval_root / 'test'}",
                       f"out={tmp_path}", "ensemble=3", "--ensemble", "5", "sampler=deterministic"])
     assert (cfg.ensemble, cfg.sampler) == (5, "deterministic")
+
+
+def test_shard_urls_without_index(reference, eval_root, exports, tmp_path):
+    """A brace pattern of local shards: counted from tar headers, same work list and metrics."""
+    from resdepth.eval import main
+
+    urls = str(eval_root / "test" / "shard-{000000..000006}.tar")
+    out = tmp_path / "ev"
+    cfg = parse_args(eval_args(exports, urls, out, "--baseline", str(eval_root / "train")))
+    assert main(cfg) == 0
+    assert_metrics_close(metrics(out), metrics(reference))
