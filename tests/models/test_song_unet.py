@@ -173,3 +173,10 @@ def test_load_refuses_pickled_objects(tmp_path):
 
 class _Evil:
     pass
+
+
+def test_compiles_without_graph_breaks():
+    net = SongUNetPosEmbd(**dict(SMALL, in_channels=3 + 4, checkpoint_level=1))
+    x, sigma = torch.randn(2, 3, 16, 16), torch.rand(2) + 0.1
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, sigma, None), net(x, sigma, None), rtol=0, atol=0)
