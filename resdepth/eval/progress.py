@@ -13,7 +13,7 @@ from resdepth.eval.parts import done_samples
 
 log = logging.getLogger("resdepth")
 
-STALL_S = 900.0  # rank 0 stops waiting for parts this long after the last one appeared
+STALL_S = 1800.0  # stop waiting for parts this long after the last one appeared (then: barrier)
 
 
 class EvalProgress:
@@ -49,7 +49,7 @@ class EvalProgress:
         """Refresh from the part files; ``extra``: samples of rank 0's current, unfinished unit."""
         if not self.enabled:
             return
-        self.done = done_samples(self.out, self.plan)
+        self.refresh()
         shown = self.done + extra
         if self.bar is not None:
             self.bar.update(self.task, completed=shown)
@@ -57,16 +57,21 @@ class EvalProgress:
             self.last_log = time.monotonic()
             log.info("progress: %d%s samples", shown, f" / {self.total}" if self.total else "")
 
+    def refresh(self) -> None:
+        self.done = done_samples(self.out, self.plan)
+
     def all_done(self) -> bool:
         from resdepth.eval.parts import missing_units
 
         return not missing_units(self.out, self.plan)
 
     def wait_for_others(self, poll_s: float = 0.5) -> None:
-        """Keep the bar moving while the other ranks finish (the barrier after this does the sync)."""
+        """Wait for the other ranks' parts, moving the bar on rank 0 (the barrier after this syncs)."""
+        self.refresh()
         last_change, seen = time.monotonic(), self.done
         while not self.all_done() and time.monotonic() - last_change < STALL_S:
             time.sleep(poll_s)
+            self.refresh()
             self.update()
             if self.done != seen:
                 last_change, seen = time.monotonic(), self.done

@@ -45,7 +45,8 @@ def main(cfg: EvalConfig) -> int:
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    env = dist.init("cpu" if cfg.device == "cpu" else "auto")
+    # the collectives here are few and short, but a rank may wait for another's last unit
+    env = dist.init("cpu" if cfg.device == "cpu" else "auto", timeout_s=3600.0)
     num_tasks, task_id = resolve_tasks(cfg)
     out = Path(cfg.out)
     log_dir = out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else "")
@@ -117,7 +118,9 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
             evaluate_unit(ctx, unit, progress)
             log.info("unit %s done", unit.name)
             progress.update()
-        if world > 1 and dist.is_main():
+        if world > 1:
+            # Ranks that finish early wait on the part files, not in a collective that could
+            # time out while a slow rank finishes its last unit.
             progress.wait_for_others()
     finally:
         progress.close()
