@@ -13,10 +13,8 @@ import torch
 
 from resdepth.diffusion.loss import ResidualLoss
 from resdepth.diffusion.patching import GridPatching
-from resdepth.diffusion.precond import EDMResidualNet, residual_in_channels
 from resdepth.diffusion.sampler import generate_ensemble
-from resdepth.models import SongUNetPosEmbd
-from resdepth.models.build import arch_spec, build_net, unet_kwargs
+from resdepth.models.build import arch_spec, build_net
 from resdepth.models.config import ModelConfig
 
 COND_CHANNELS = 5  # event voxel-grid bins
@@ -65,10 +63,8 @@ def patched_sampling(device: torch.device, repeat: int, steps: int, size: int = 
     """One ensemble member at ``size``^2: whole image vs ``patch``^2 patches, same patch-trained net."""
     cfg = ModelConfig(stage="diffusion", arch="SongUNetPosEmbd")
     torch.manual_seed(0)
-    # the U-Net's in_channels counts its positional grid channels (PhysicsNeMo convention)
-    in_ch = residual_in_channels(COND_CHANNELS, patching=True) + cfg.N_grid_channels
-    unet = SongUNetPosEmbd(**unet_kwargs(cfg, cfg.arch, [size, size], in_ch))
-    net = EDMResidualNet(unet).to(device).eval()
+    net = build_net(arch_spec(cfg, "diffusion", COND_CHANNELS, [size, size], patching=True))
+    net = net.to(device).eval()
     reg = build_net(arch_spec(cfg, "regression", COND_CHANNELS, [size, size])).to(device).eval()
     cond = torch.randn(1, COND_CHANNELS, size, size, device=device)
     kw = dict(seed=0, members=1, num_steps=steps, S_churn=0.0)
