@@ -22,24 +22,20 @@ class Sample:
     mask: np.ndarray    # [1, H, W] bool, valid ground truth
 
 
-def _open(url: str):
-    import webdataset as wds
-
-    return wds.tariterators.url_opener([{"url": url}])
-
-
 def iter_samples(url: str, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
     """Decoded samples number ``start`` to ``stop - 1`` of the shard at ``url``."""
     import webdataset as wds
 
-    stream = wds.tariterators.tar_file_expander(_open(url))
-    samples = wds.tariterators.group_by_keys(stream)
-    for i, raw in enumerate(samples):
-        if i < start:
-            continue
-        if stop is not None and i >= stop:
-            return
-        yield decode(raw, url)
+    stream = wds.gopen(url, "rb")
+    try:
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
+        for i, raw in enumerate(wds.tariterators.group_by_keys(files)):
+            if stop is not None and i >= stop:
+                return
+            if i >= start:
+                yield decode(raw, url)
+    finally:
+        stream.close()  # also when the caller stops early: no file left to the garbage collector
 
 
 def decode(raw: dict, url: str, shapes: Optional[dict] = None) -> Sample:
