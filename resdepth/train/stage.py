@@ -77,12 +77,16 @@ def predict_panels(cfg: Config, net: torch.nn.Module, regression_net: Optional[t
     cond = batch["events"][:1]
     if cfg.model.stage == "regression":
         return norm.denormalize(net(cond).float())
+    from resdepth.diffusion.patching import GridPatching
     from resdepth.diffusion.sampler import generate_ensemble
 
     d = cfg.diffusion
+    # A net trained on patches also takes the resized whole condition: one frame-sized patch.
+    frame = tuple(cond.shape[-2:])
+    patch = GridPatching(frame, frame) if d.patch_shape else None
     out = generate_ensemble(net, regression_net, cond, list(batch["key"][:1]), seed=cfg.run.seed,
                             members=1, sampler=d.sampler, num_steps=d.num_steps,
                             sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho,
                             S_churn=d.S_churn, S_min=d.S_min, S_max=d.S_max, S_noise=d.S_noise,
-                            hr_mean_conditioning=cfg.model.hr_mean_conditioning)
+                            hr_mean_conditioning=cfg.model.hr_mean_conditioning, patch=patch)
     return norm.denormalize(out["mean"].float())
