@@ -143,6 +143,10 @@ def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regress
     # A checkpoint directory works as well as the run directory.
     ckpt = regression_run / "checkpoints" / "step-0000020"
     train([*diff, f"run.dir={tmp_path / 'diff2'}", f"model.regression_ckpt={ckpt}", "trainer.max_steps=2"])
+    # Patch-based residual training (random 16x16 patches with the global index), previews included.
+    train([*diff, f"run.dir={tmp_path / 'patch'}", "diffusion.patch_shape=[16,16]",
+           "diffusion.patch_num=2", "trainer.max_steps=2", "run.val_every=2"])
+    assert json.loads((tmp_path / "patch/export/model.json").read_text())["spec"]["patching"] is True
     bad = train([*diff, f"run.dir={tmp_path / 'bad'}", "model.model_channels=16"], check=False)
     assert bad.returncode == 1
     assert "different architecture than configured" in bad.stderr
