@@ -136,7 +136,7 @@ def read_tar(path: Path) -> dict[str, dict]:
     from resdepth.data.format import npy_load
 
     stream = wds.tariterators.tar_file_expander(wds.tariterators.url_opener([{"url": str(path)}]))
-    return {s["__key__"]: {k[:-4]: npy_load(v) for k, v in s.items() if k.endswith(".npy")}
+    return {s["__key__"]: {k[:-4]: npy_load(v).copy() for k, v in s.items() if k.endswith(".npy")}
             for s in wds.tariterators.group_by_keys(stream)}
 
 
