@@ -81,10 +81,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--big-samples", type=int, default=2, help="256x256 samples for the patch run")
     p.add_argument("--big-steps", type=int, default=4)
+    p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--skip-patching", action="store_true")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        scaling(Path(d), a)
+        if not a.skip_scaling:
+            scaling(Path(d), a)
         if not a.skip_patching:
             patching(Path(d), a)
 
