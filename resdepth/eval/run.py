@@ -68,8 +68,11 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
     """The work list and the settings that every part of it must share."""
     counts = [u.count for u in units]
     total = None if any(c is None for c in counts) else int(sum(counts))
-    identity = {"nets": nets.identity(), "units": [(u.name, u.count) for u in units],
-                "baseline": with_baseline}
+    # the data by content where the index has checksums, so a moved split keeps its parts
+    data_id = ([s.get("sha256") or s["name"] for s in index["shards"]] if index is not None
+               else cfg.data)
+    identity = {"nets": nets.identity(), "data": data_id, "baseline": with_baseline,
+                "units": [(u.name, u.count) for u in units]}
     settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
                 "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed}
     return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
