@@ -20,10 +20,10 @@ from rich.table import Table
 console = Console()
 
 # Sizes chosen so that the demo finishes in well under 10 minutes on 2 CPU cores.
-SHARDS = {"train": 1536, "val": 64, "test": 256}
+SHARDS = {"train": 1536, "val": 64, "test": 128}
 REGRESSION = ["experiment=baseline_regression"]
 DIFFUSION = ["experiment=baseline_diffusion"]
-EVAL = ["--ensemble", "4", "--steps", "12", "--batch", "16", "--save-predictions"]
+EVAL = ["--ensemble", "4", "--steps", "10", "--batch", "16", "--save-predictions"]
 ROWS = [("baseline", "per-pixel mean depth"), ("regression", "regression"),
         ("diffusion", "regression + residual diffusion")]
 COLUMNS = [("abs_rel", "abs_rel"), ("rmse", "RMSE [m]"), ("delta1", "delta1"),

@@ -38,8 +38,9 @@ def residual_in_channels(cond_channels: int, img_channels: int = 1, hr_mean_cond
 
 def _call_unet(unet: nn.Module, x: torch.Tensor, noise_labels: torch.Tensor,
                global_index: Optional[torch.Tensor]) -> torch.Tensor:
-    # SongUNet has no global_index argument; only pass it when patches need the positional grid.
-    if global_index is None:
+    # Only SongUNetPosEmbd takes global_index (to slice its positional grid); a plain SongUNet is
+    # translation-equivariant and needs no patch position, so the index is dropped for it.
+    if global_index is None or not getattr(unet, "takes_global_index", False):
         return unet(x, noise_labels, None)
     return unet(x, noise_labels, None, global_index=global_index)
 

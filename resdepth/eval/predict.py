@@ -90,9 +90,6 @@ def make_patching(cfg: EvalConfig, nets: Nets):
 
     if nets.diffusion is None:
         return None
-    if nets.diffusion_meta["spec"]["arch"] == "SongUNet" and not isinstance(nets.diffusion, _NoGridIndex):
-        # SongUNet has no positional grid: the sampler's patch index must not reach it
-        nets.diffusion = _NoGridIndex(nets.diffusion)
     _, h, w = nets.data_shape
     if cfg.patch:
         if not nets.diffusion_meta["spec"].get("patching", False):
@@ -102,18 +99,6 @@ def make_patching(cfg: EvalConfig, nets: Nets):
     if nets.diffusion_meta["spec"].get("patching", False):
         return GridPatching((h, w), (h, w), 0, 0)
     return None
-
-
-class _NoGridIndex(torch.nn.Module):
-    """A residual net without a positional grid, called by a sampler that passes ``global_index``."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-        self.img_channels = net.img_channels
-
-    def forward(self, x, sigma, cond, global_index=None):
-        return self.net(x, sigma, cond)
 
 
 @torch.no_grad()

@@ -289,6 +289,8 @@ class SongUNetPosEmbd(SongUNet):
     The lead-time options belong to ``SongUNetPosLtEmbd``, which resdepth does not provide.
     """
 
+    takes_global_index = True  # the residual wrapper passes patch positions only to this class
+
     def __init__(self, img_resolution: Union[Sequence[int], int], in_channels: int, out_channels: int,
                  label_dim: int = 0, augment_dim: int = 0, model_channels: int = 128,
                  channel_mult: Sequence[int] = (1, 2, 2, 2, 2), channel_mult_emb: int = 4,

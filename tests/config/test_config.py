@@ -10,7 +10,7 @@ def test_experiment_and_overrides():
     cfg = load_config(Config, ["experiment=baseline_diffusion", "trainer.max_steps=7",
                                "data.crop=[32,32]", "trainer.lr=1"])
     assert cfg.model.stage == "diffusion"          # from baseline_diffusion.yaml
-    assert cfg.model.model_channels == 32          # inherited from baseline_regression.yaml
+    assert cfg.model.model_channels == 16          # inherited from baseline_regression.yaml
     assert cfg.trainer.max_steps == 7
     assert cfg.data.crop == [32, 32]
     assert cfg.trainer.lr == 1.0 and isinstance(cfg.trainer.lr, float)

@@ -15,6 +15,8 @@ class PointUNet(nn.Module):
     ignored, which makes patched and whole-image sampling of it agree exactly.
     """
 
+    takes_global_index = True  # like SongUNetPosEmbd: patches tell it where they are
+
     def __init__(self, used_channels: int, out_channels: int = 1, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
