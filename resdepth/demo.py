@@ -24,11 +24,10 @@ SHARDS = {"train": 1536, "val": 64, "test": 128}
 REGRESSION = ["experiment=baseline_regression"]
 DIFFUSION = ["experiment=baseline_diffusion"]
 EVAL = ["--ensemble", "4", "--steps", "10", "--batch", "16", "--save-predictions"]
-ROWS = [("baseline", "per-pixel mean depth"), ("regression", "regression"),
-        ("diffusion", "regression + residual diffusion")]
-COLUMNS = [("abs_rel", "abs_rel"), ("rmse", "RMSE [m]"), ("delta1", "delta1"),
-           ("mae_10m", "MAE<10m"), ("mae_20m", "MAE<20m"), ("mae_30m", "MAE<30m"),
-           ("crps", "CRPS [m]"), ("spread_skill", "spread/skill")]
+ROWS = [("baseline", "per-pixel mean"), ("regression", "regression"),
+        ("diffusion", "reg + diffusion")]
+COLUMNS = [("abs_rel", "abs_rel"), ("rmse", "RMSE m"), ("delta1", "d1"), ("mae_10m", "MAE<10"),
+           ("mae_20m", "MAE<20"), ("mae_30m", "MAE<30"), ("crps", "CRPS m"), ("spread_skill", "spr/skill")]
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -85,7 +84,8 @@ def launched(out: Path, cluster: str) -> Path:
 def print_table(ev: Path) -> dict:
     metrics = json.loads((ev / "metrics.json").read_text())
     table = Table(title=f"test split: {metrics['num_samples']} samples, "
-                        f"{metrics['num_valid_pixels']:,} valid pixels")
+                        f"{metrics['num_valid_pixels']:,} valid pixels (MAE<X: true depth below X m)",
+                  padding=(0, 0), collapse_padding=True)
     table.add_column("model")
     for _, title in COLUMNS:
         table.add_column(title, justify="right")
@@ -93,7 +93,7 @@ def print_table(ev: Path) -> dict:
         m = metrics.get(key)
         if m is None:
             continue
-        table.add_row(name, *(f"{m[k]:.4f}" if k in m else "-" for k, _ in COLUMNS))
+        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "-" for k, _ in COLUMNS))
     console.print(table)
     return metrics
 

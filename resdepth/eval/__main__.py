@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 import typing
 from typing import Literal, Optional, Union
@@ -63,21 +62,15 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from resdepth.dist import DistEnvError
     from resdepth.eval.parts import IncompleteEvaluation
-    from resdepth.models.build import ArchitectureMismatch
+    from resdepth.utils.cli import user_errors
 
-    errors: list = [ConfigError, DistEnvError, ArchitectureMismatch, IncompleteEvaluation,
-                    FileNotFoundError, ValueError]
-    try:
-        from resdepth.data.format import DataError
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return user_errors(IncompleteEvaluation)
 
 
 def cli(argv: Optional[list[str]] = None) -> None:
+    from resdepth.utils.cli import run_reporting_errors
+
     argv = sys.argv[1:] if argv is None else argv
     errors = _user_errors()
     if argv[:1] == ["merge"]:
@@ -90,13 +83,13 @@ def cli(argv: Optional[list[str]] = None) -> None:
         from resdepth.utils.logging import setup_logging
 
         setup_logging(None, 0)
-        try:
+
+        def merge_and_report() -> int:
             metrics = merge(args.dir)
-        except errors as e:
-            print(f"resdepth-eval merge: error: {e}", file=sys.stderr)
-            sys.exit(1)
-        print(f"{metrics['num_samples']} samples merged into {args.dir}/metrics.json")
-        return
+            print(f"{metrics['num_samples']} samples merged into {args.dir}/metrics.json")
+            return 0
+
+        sys.exit(run_reporting_errors("resdepth-eval merge", merge_and_report, errors))
     try:
         cfg = parse_args(argv)
     except ConfigError as e:
@@ -104,14 +97,7 @@ def cli(argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
     from resdepth.eval.run import main
 
-    try:
-        code = main(cfg)
-    except errors as e:
-        logging.getLogger("resdepth").debug("error details", exc_info=True)
-        print(f"resdepth-eval: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)
-
+    sys.exit(run_reporting_errors("resdepth-eval", lambda: main(cfg), errors))
 
 if __name__ == "__main__":
     cli()

@@ -9,24 +9,17 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Optional
 
 from resdepth.config.core import ConfigError, opt
+from resdepth.diffusion.config import SamplerSettings
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplerSettings):
     regression: str = opt("", "Regression run directory, export directory or model.safetensors file.")
     diffusion: Optional[str] = opt(None, "Residual diffusion run directory, export directory or weights file; omitted: regression only.")
     data: str = opt("", "Split directory holding index.json and tar shards, or shard URLs (brace pattern).")
     out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
     ensemble: int = opt(8, "Ensemble members drawn per image by the diffusion sampler.")
     steps: int = opt(18, "Sampler steps.")
-    sampler: Literal["stochastic", "deterministic"] = opt("stochastic", "EDM sampler.")
-    sigma_min: float = opt(0.002, "Smallest noise level of the sampling schedule.")
-    sigma_max: float = opt(80.0, "Largest noise level of the sampling schedule.")
-    rho: float = opt(7.0, "Exponent of the EDM time-step discretisation.")
-    S_churn: float = opt(0.0, "Stochasticity strength of the stochastic sampler.")
-    S_min: float = opt(0.0, "Lowest sigma at which churn is applied.")
-    S_max: float = opt(float("inf"), "Highest sigma at which churn is applied.")
-    S_noise: float = opt(1.0, "Noise inflation of the churn step.")
     patch: int = opt(0, "Patch size for patch-based diffusion sampling (0 samples the full image).")
     overlap: int = opt(4, "Overlap in pixels between neighbouring patches.")
     boundary: int = opt(2, "Boundary pixels padded around each patch.")

@@ -118,8 +118,7 @@ def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[st
     spec = nets.diffusion_meta["spec"]
     out = generate_ensemble(
         nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed, members=cfg.ensemble,
-        sampler=cfg.sampler, num_steps=cfg.steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-        rho=cfg.rho, S_churn=cfg.S_churn, S_min=cfg.S_min, S_max=cfg.S_max, S_noise=cfg.S_noise,
+        num_steps=cfg.steps, **cfg.sampler_kwargs(),
         hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
         return_members=True)
     members = norm.denormalize(out["members"].float()).float()

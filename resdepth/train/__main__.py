@@ -2,28 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from resdepth.config import ConfigError, load_config, to_yaml
 from resdepth.config.schema import Config
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors with messages written for people: printed without a traceback."""
-    from resdepth.dist import DistEnvError
-    from resdepth.models.build import ArchitectureMismatch
-    from resdepth.train.checkpoint import CheckpointError
-    from resdepth.train.loop import NonFiniteError
-
-    errors: list = [ConfigError, DistEnvError, ArchitectureMismatch, CheckpointError,
-                    NonFiniteError, FileNotFoundError, ValueError]
-    try:
-        from resdepth.data.format import DataError
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
@@ -52,15 +34,12 @@ def cli(argv: list[str] | None = None) -> None:
         return
     from resdepth.train.loop import main
 
-    USER_ERRORS = _user_errors()
-    try:
-        code = main(cfg, dry_run=args.dry_run)
-    except USER_ERRORS as e:
-        logging.getLogger("resdepth").debug("error details", exc_info=True)
-        print(f"resdepth-train: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)
+    from resdepth.train.checkpoint import CheckpointError
+    from resdepth.train.loop import NonFiniteError
+    from resdepth.utils.cli import run_reporting_errors, user_errors
 
+    sys.exit(run_reporting_errors("resdepth-train", lambda: main(cfg, dry_run=args.dry_run),
+                                  user_errors(CheckpointError, NonFiniteError)))
 
 if __name__ == "__main__":
     cli()

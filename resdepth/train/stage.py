@@ -85,8 +85,6 @@ def predict_panels(cfg: Config, net: torch.nn.Module, regression_net: Optional[t
     frame = tuple(cond.shape[-2:])
     patch = GridPatching(frame, frame) if d.patch_shape else None
     out = generate_ensemble(net, regression_net, cond, list(batch["key"][:1]), seed=cfg.run.seed,
-                            members=1, sampler=d.sampler, num_steps=d.num_steps,
-                            sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho,
-                            S_churn=d.S_churn, S_min=d.S_min, S_max=d.S_max, S_noise=d.S_noise,
+                            members=1, num_steps=d.num_steps, **d.sampler_kwargs(),
                             hr_mean_conditioning=cfg.model.hr_mean_conditioning, patch=patch)
     return norm.denormalize(out["mean"].float())

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from tests.procs import child_env, free_port  # noqa: F401 - re-exported for the tests
 
 BINS, H, W = 3, 32, 32
 TEST_SHARD_SIZES = [5, 3, 8, 1, 6, 2, 4]  # 29 samples, uneven on purpose
@@ -71,22 +71,6 @@ def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False
         save_export(root / stage / "export", net, meta)
         out[stage] = root / stage
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith("SLURM_")}
-    root = str(Path(__file__).resolve().parents[2])
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""), **extra)
-    return env
 
 
 def eval_args(exports: dict, data: Path, out: Path, *extra: str, diffusion: bool = True) -> list[str]:

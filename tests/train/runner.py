@@ -2,30 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.procs import child_env, free_port  # noqa: F401 - re-exported for the tests
 
 TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=1",
         "model.attn_resolutions=[]", "trainer.batch_size=4", "trainer.warmup_steps=2",
         "trainer.ema_halflife_images=40", "data.num_workers=0", "data.shuffle_buffer=16",
         "run.val_every=0", "run.log_every=5", "trainer.ckpt_every_minutes=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def train(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
