@@ -195,7 +195,8 @@ class _Plan:
         return not missing
 
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
-        ev = np.stack([s["events"] for s in samples]).astype(np.float32)
+        # torch converts float16 to float32 many times faster than numpy's astype
+        ev = torch.from_numpy(np.stack([s["events"] for s in samples])).to(torch.float32).numpy()
         depth = np.stack([s["depth"] for s in samples]).astype(np.float32)
         mask = np.stack([s["mask"] for s in samples]).astype(np.float32)
         if self.mode == "train" and (self.crop or self.flip):
