@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tests.procs import child_env, free_port  # noqa: F401 - re-exported for the tests
+from tests.procs import child_env, free_port, run_command, run_module  # noqa: F401 - re-exported for the tests
 
 BINS, H, W = 3, 32, 32
 TEST_SHARD_SIZES = [5, 3, 8, 1, 6, 2, 4]  # 29 samples, uneven on purpose
@@ -83,20 +83,11 @@ def eval_args(exports: dict, data: Path, out: Path, *extra: str, diffusion: bool
 
 def run_eval(args: list[str], nproc: int = 1, env: Optional[dict] = None, check: bool = True,
              timeout: float = 600, prefix: Optional[list[str]] = None) -> subprocess.CompletedProcess:
-    """``python -m resdepth.eval`` (or under ``torchrun`` with ``nproc`` processes)."""
+    """``python -m resdepth.eval`` (or under ``torchrun`` with ``nproc`` processes); ``prefix``
+    replaces ``-m resdepth.eval`` (e.g. the ``merge`` subcommand through another entry point)."""
     if prefix is not None:
-        cmd = [sys.executable, *prefix, *args]
-    elif nproc == 1:
-        cmd = [sys.executable, "-m", "resdepth.eval", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-               f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-               f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "resdepth.eval", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(),
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+        return run_command([sys.executable, *prefix, *args], env, check, timeout)
+    return run_module("resdepth.eval", args, nproc, env, check, timeout)
 
 
 def metrics(out: Path) -> dict:

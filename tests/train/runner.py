@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.procs import child_env, free_port  # noqa: F401 - re-exported for the tests
+from tests.procs import child_env, free_port, run_module  # noqa: F401 - re-exported for the tests
 
 TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=1",
         "model.attn_resolutions=[]", "trainer.batch_size=4", "trainer.warmup_steps=2",
@@ -17,16 +16,7 @@ TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=
 def train(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
           timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m resdepth.train`` (or under ``torchrun`` with ``nproc`` processes)."""
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "resdepth.train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "resdepth.train", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(),
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    return run_module("resdepth.train", args, nproc, env, check, timeout)
 
 
 def stats(run_dir: Path, fields=("loss", "lr", "grad_norm", "images_seen")) -> list[tuple]:
