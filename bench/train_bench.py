@@ -108,19 +108,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--shards", help="existing dataset root (default: synthesise 256 samples)")
+    parser.add_argument("--shards", help="existing dataset root (default: synthesise --samples)")
+    parser.add_argument("--samples", type=int, default=1024,
+                        help="training samples to synthesise; loader workers restart every epoch, "
+                             "so very short epochs show that start-up as data wait")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="train_bench_"))
     root = Path(args.shards) if args.shards else work / "shards"
     if not args.shards:
         subprocess.run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(root),
-                        "--train", "256", "--val", "16", "--test", "16", "--workers", "2"],
+                        "--train", str(args.samples), "--val", "16", "--test", "16", "--workers", "2"],
                        check=True, capture_output=True, cwd=REPO)
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, 64x64 synthetic samples, "
-          f"batch {args.batch}, U-Net model_channels 16, {args.steps} steps")
+    from resdepth.data.format import read_index
+
+    n_train = read_index(root / "train")["num_samples"]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {n_train} training samples of 64x64 "
+          f"({n_train // args.batch} batches per epoch in one process), batch {args.batch}, "
+          f"U-Net model_channels 16, {args.steps} steps")
     rows = cpu_section(root, work, args.steps, args.batch)
     print(f"{'step':<12}{'processes':>10}{'images/s':>10}{'data wait':>11}")
     for name, nproc, ips, wait in rows:
