@@ -44,17 +44,17 @@ def _sacct(job_ids: list[str]) -> dict[str, list[dict]]:
     """Every recorded incarnation (-D) of each job or array task, oldest first."""
     if not job_ids or not shutil.which("sacct"):
         return {}
-    fmt = "JobID,State,ExitCode,Start,Elapsed"
+    fmt = "JobID,State,ExitCode,Start,Elapsed,NodeList"
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(job_ids),
                           f"--format={fmt}"], capture_output=True, text=True, timeout=60)
     rows: dict[str, list[dict]] = {}
     for line in out.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) != 5:
+        if len(parts) != 6:
             continue
-        jid, state, exit_code, start, elapsed = parts
+        jid, state, exit_code, start, elapsed, nodes = parts
         rows.setdefault(jid, []).append(dict(state=state.split()[0], exit_code=exit_code,
-                                             start=start, elapsed=elapsed))
+                                             start=start, elapsed=elapsed, nodes=nodes))
     return rows
 
 
@@ -102,7 +102,9 @@ def collect(path: Path) -> list[JobRow]:
         hist = acct.get(r.job_id) or _pending_array(acct, r.job_id)
         if hist:
             r.state, r.exit_code = hist[-1]["state"], hist[-1]["exit_code"]
-            r.started = any(h["start"] not in ("None", "Unknown", "") for h in hist)
+            # A pending job's Start can hold its *expected* start time, also in the record of a
+            # job cancelled before it ran: only an allocation proves that it started.
+            r.started = any(h["nodes"] not in ("None assigned", "None", "") for h in hist)
             r.requeues = sum(1 for h in hist if h["state"] == "REQUEUED")
         if r.job_id in queue:
             r.state, r.reason = queue[r.job_id]

@@ -79,8 +79,11 @@ def test_status_says_dependents_never_ran(tmp_path, monkeypatch):
     (tmp_path / "regression" / "checkpoints" / "step-0000020").mkdir(parents=True)
     (tmp_path / "regression" / "log-rank0.txt").write_text("step 20 loss 0.5\nboom: bad shard\n")
     monkeypatch.setattr(status, "_sacct", lambda ids: {
-        "10": [dict(state="FAILED", exit_code="1:0", start="2025-01-01T00:00:00", elapsed="1")],
-        "11": [dict(state="CANCELLED", exit_code="0:0", start="None", elapsed="0")]})
+        "10": [dict(state="FAILED", exit_code="1:0", start="2025-01-01T00:00:00", elapsed="1",
+                    nodes="gpu001")],
+        # accounting may still carry the expected start time of a job cancelled while pending
+        "11": [dict(state="CANCELLED", exit_code="0:0", start="2025-01-01T00:00:01", elapsed="0",
+                    nodes="None assigned")]})
     monkeypatch.setattr(status, "_squeue", lambda ids: {})
     rows = {r.stage: r for r in status.collect(tmp_path)}
     assert rows["regression"].state == "FAILED" and rows["regression"].step == 20
