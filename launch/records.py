@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resdepth.utils.atomic import write_json_atomic
+
 JOBS_FILE = "jobs.json"
 REQUEUE_FILE = "requeues.jsonl"
 PIPELINE_FILE = "pipeline.json"
@@ -20,11 +22,8 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write via a temporary name and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def read_jobs(run_dir: Path) -> list[dict]:

@@ -49,6 +49,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from resdepth.utils.atomic import write_json_atomic  # noqa: F401 - used as fmt.write_json_atomic
+
 log = logging.getLogger("resdepth")
 
 FORMAT_NAME = "resdepth-shards"
@@ -228,18 +230,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary name, fsync, rename: readers see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_index(split_dir: str | os.PathLike) -> dict:

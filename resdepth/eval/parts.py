@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from resdepth.models.export import write_json_atomic
+from resdepth.utils.atomic import replacing, tmp_name, write_json_atomic
 
 log = logging.getLogger("resdepth")
 
@@ -36,11 +36,6 @@ def pred_path(out: Path, unit_name: str) -> Path:
     return Path(out) / "predictions" / f"pred-{unit_name}.tar"
 
 
-def tmp_name(path: Path) -> Path:
-    """A temporary sibling unique to this process (two array tasks may race on one name)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def read_part(out: Path, unit_name: str) -> Optional[dict]:
     """The unit's part, or None when it is not finished."""
     p = part_path(out, unit_name)
@@ -50,25 +45,17 @@ def read_part(out: Path, unit_name: str) -> Optional[dict]:
 
 
 def write_part(out: Path, unit_name: str, part: dict) -> None:
-    write_json_atomic(part_path(out, unit_name), part)
+    write_json_atomic(part_path(out, unit_name), part, default=str)
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_plan(out: Path, plan: dict) -> None:
@@ -83,7 +70,7 @@ def write_plan(out: Path, plan: dict) -> None:
                 "max_samples); use a new --out directory or delete the old one")
         if old == plan:
             return
-    write_json_atomic(path, plan)
+    write_json_atomic(path, plan, default=str)
 
 
 def read_plan(out: Path) -> dict:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from resdepth.eval.parts import preview_path, tmp_name
+from resdepth.eval.parts import preview_path
+from resdepth.utils.atomic import replacing
 
 log = logging.getLogger("resdepth")
 
@@ -107,10 +107,9 @@ def samples_png(path: Path, prev: dict[str, np.ndarray]) -> None:
                 ax.set_title(title, fontsize=9)
             if j == 0:
                 ax.set_ylabel(str(prev["keys"][i]), fontsize=7)
-    tmp = tmp_name(Path(path))
-    fig.savefig(tmp, dpi=80, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(out: Path, metrics: dict, plan: dict) -> None:
@@ -121,6 +120,5 @@ def write_report(out: Path, metrics: dict, plan: dict) -> None:
     if prev is not None:
         samples_png(out / "samples.png", prev)
         md += "\n![samples](samples.png)\n"
-    tmp = tmp_name(out / "report.md")
-    tmp.write_text(md)
-    os.replace(tmp, out / "report.md")
+    with replacing(out / "report.md") as tmp:
+        tmp.write_text(md)

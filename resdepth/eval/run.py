@@ -22,7 +22,7 @@ from resdepth.eval.config import EvalConfig, resolve_tasks, result_hash, validat
 from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
 from resdepth.eval.progress import EvalProgress
 from resdepth.eval.work import Unit, make_units, split_shards, task_units, worker_units
-from resdepth.models.export import write_json_atomic
+from resdepth.utils.atomic import write_json_atomic
 from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
@@ -268,7 +268,7 @@ def merge(out_dir) -> dict:
     if "diffusion" in sums:
         metrics["diffusion"] = {**finalize(sums["diffusion"]), **finalize(sums["ensemble"])}
     metrics["settings"] = plan["settings"]
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics, default=str)
     write_report(out, metrics, plan)
     log.info("merged %d parts (%d samples) into %s", len(plan["units"]), total["num_samples"],
              out / "metrics.json")

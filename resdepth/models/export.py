@@ -6,7 +6,6 @@ This is all the evaluator ever reads: no optimiser, no pickle.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,24 +14,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from resdepth.models.build import build_net, check_same_arch
+from resdepth.utils.atomic import replacing, write_json_atomic
 
 EXPORT_VERSION = 1
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON under a temporary name, fsync, then rename into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_export(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any]) -> Path:
@@ -41,11 +25,10 @@ def save_export(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any]) -> Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous()
              for k, v in net.unet.state_dict().items()}
-    tmp = out_dir / f".model.safetensors.tmp{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    _fsync_file(tmp)
-    os.replace(tmp, out_dir / "model.safetensors")
-    write_json_atomic(out_dir / "model.json", {"export_version": EXPORT_VERSION, **meta})
+    with replacing(out_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_json_atomic(out_dir / "model.json", {"export_version": EXPORT_VERSION, **meta},
+                      default=str)
     return out_dir / "model.safetensors"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from resdepth import dist
-from resdepth.models.export import write_json_atomic
+from resdepth.utils.atomic import write_json_atomic
 
 log = logging.getLogger("resdepth")
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -132,7 +132,7 @@ class Checkpointer:
             _fsync_tree(tmp)
             write_json_atomic(tmp / "meta.json", {**meta, "step": step,
                                                   "world_size": dist.world_size(),
-                                                  "saved_at": time.time()})
+                                                  "saved_at": time.time()}, default=str)
             if final.exists():  # a re-save of the same step (e.g. final save after a periodic one)
                 shutil.rmtree(final)
             os.replace(tmp, final)
