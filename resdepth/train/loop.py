@@ -25,7 +25,7 @@ from resdepth.config.schema import Config
 from resdepth.models.build import arch_spec, build_net
 from resdepth.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from resdepth.train.engine import autocast_ctx, make_engine
-from resdepth.train.monitor import Monitor, colormap
+from resdepth.train.monitor import Monitor
 from resdepth.train.optim import EMA, lr_at
 from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.stage import build_loss, load_regression_net, predict_panels
@@ -294,20 +294,18 @@ class Trainer:
         return val
 
     def image_panels(self, monitor: Monitor, net: torch.nn.Module, batch: dict) -> None:
-        pred_m = predict_panels(self.cfg, net, self.regression_net, batch, self.norm)
-        true_m = batch["depth_m"][:1, 0].cpu().numpy()[0]
-        mask = batch["mask"][:1, 0].cpu().numpy()[0] > 0
-        pred = pred_m[0, 0].cpu().numpy()
-        lo, hi = float(true_m[mask].min()) if mask.any() else 0.0, float(self.cfg.data.max_depth)
-        ev = batch["events"][0].sum(0).cpu().numpy()
-        lim = float(np.abs(ev).max()) or 1.0
-        resid = np.where(mask, true_m - pred, 0.0)
-        rl = float(np.abs(resid).max()) or 1.0
+        from resdepth.utils.viz import colorize_depth, colorize_events
+
+        pred = predict_panels(self.cfg, net, self.regression_net, batch, self.norm)[0, 0].cpu().numpy()
+        true_m = batch["depth_m"][0, 0].cpu().numpy()
+        mask = batch["mask"][0, 0].cpu().numpy() > 0
+        lo = float(true_m[mask].min()) if mask.any() else 1.0
+        hi = float(self.cfg.data.max_depth)
         monitor.images(self.step, {
-            "events": colormap(ev, -lim, lim, "coolwarm"),
-            "depth_true": colormap(np.where(mask, true_m, hi), lo, hi),
-            "depth_pred": colormap(pred, lo, hi),
-            "residual": colormap(resid, -rl, rl, "coolwarm")})
+            "events": colorize_events(batch["events"][0].cpu().numpy()),
+            "depth_true": colorize_depth(true_m, mask, lo, hi),
+            "depth_pred": colorize_depth(pred, None, lo, hi),
+            "residual": colorize_events(np.where(mask, true_m - pred, 0.0))})
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> int:

@@ -9,26 +9,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 log = logging.getLogger("resdepth")
-
-
-def colormap(x: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None,
-             cmap: str = "magma_r") -> np.ndarray:
-    """``[H,W]`` values to an ``[3,H,W]`` float image in [0,1] through a matplotlib colour map."""
-    import matplotlib
-
-    vmin = float(np.nanmin(x)) if vmin is None else vmin
-    vmax = float(np.nanmax(x)) if vmax is None else vmax
-    scaled = np.clip((x - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    return matplotlib.colormaps[cmap](scaled)[..., :3].transpose(2, 0, 1).astype(np.float32)
 
 
 def truncate_stats(path: Path, after_step: int) -> None:
@@ -84,11 +71,11 @@ class Monitor:
             f.write(json.dumps({"step": step, **values, "time": round(time.time(), 3)}) + "\n")
 
     def images(self, step: int, panels: dict[str, np.ndarray]) -> None:
-        """Named ``[3,H,W]`` images in [0,1] to TensorBoard."""
+        """Named uint8 RGB ``[H,W,3]`` images to TensorBoard."""
         if self.tb is None:
             return
         for name, img in panels.items():
-            self.tb.add_image(f"images/{name}", torch.as_tensor(img), step)
+            self.tb.add_image(f"images/{name}", img, step, dataformats="HWC")
 
     def advance(self, step: int, info: str) -> None:
         if self.progress is not None:
