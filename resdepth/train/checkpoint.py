@@ -78,10 +78,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def safe_load(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers, with the file named on failure."""
+def safe_load(path: str | Path, allowed: tuple = ()) -> Any:
+    """``torch.load`` restricted to tensors, plain containers and the ``allowed`` classes, with
+    the file named on failure."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise CheckpointError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__}: {e})") from e
 
@@ -173,16 +175,9 @@ def safe_load_deepspeed(path: str | Path) -> Any:
     DeepSpeed stores a few plain objects beside tensors (its config, enums, a loss-scaler); only
     those classes are allowed, so a tampered file still cannot run code.
     """
-    allowed: list = [set, frozenset]
-    try:
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-        allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-    except ImportError:  # pragma: no cover - deepspeed is a dependency
-        pass
-    with torch.serialization.safe_globals(allowed):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - re-raised naming the file
-            raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {e})") from e
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return safe_load(path, (set, frozenset, LossScaler, DynamicLossScaler, ZeroStageEnum,
+                            fragment_address))

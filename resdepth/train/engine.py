@@ -123,20 +123,12 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
     return ds
 
 
-class SafeTorchCheckpointEngine:
-    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
+def load_deepspeed_files_safely(engine) -> None:
+    """Make the engine read its checkpoint files with ``weights_only=True`` (DeepSpeed's own
+    loader unpickles arbitrary objects)."""
+    from resdepth.train.checkpoint import safe_load_deepspeed
 
-    @staticmethod
-    def wrap(engine) -> None:
-        ce = engine.checkpoint_engine
-        original = ce.load
-
-        def load(path, map_location=None):
-            from resdepth.train.checkpoint import safe_load_deepspeed
-            return safe_load_deepspeed(path)
-
-        ce.load = load
-        ce._resdepth_original_load = original
+    engine.checkpoint_engine.load = lambda path, map_location=None: safe_load_deepspeed(path)
 
 
 class DeepSpeedEngine:
@@ -158,7 +150,7 @@ class DeepSpeedEngine:
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=net.to(device), optimizer=optimizer,
             config=deepspeed_config(cfg, micro_batch, use_bf16), dist_init_required=False)
-        SafeTorchCheckpointEngine.wrap(self.model)
+        load_deepspeed_files_safely(self.model)
         self.module = self.model.module
         self._base_optimizer = optimizer
 
