@@ -157,8 +157,14 @@ def to_yaml(cfg: Any) -> str:
 
 
 def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
-    """A short stable hash of the config, leaving out top-level sections named in ``ignore``."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
+    """A short stable hash of the config, leaving out the sections or dotted keys in ``ignore``."""
+    d = to_dict(cfg)
+    for key in ignore:
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -43,17 +43,8 @@ class NonFiniteError(RuntimeError):
 
 
 def resumable_hash(cfg: Config) -> str:
-    d = to_yaml(cfg)
-    import yaml
-
-    tree = yaml.safe_load(d)
-    for key in RESUME_FREE_KEYS:
-        parts = key.split(".")
-        node = tree
-        for p in parts[:-1]:
-            node = node.get(p, {})
-        node.pop(parts[-1], None)
-    return hashlib.sha256(yaml.safe_dump(tree, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of every setting a resumed run must share with the run it continues."""
+    return config_hash(cfg, ignore=RESUME_FREE_KEYS)
 
 
 def step_seed(seed: int, *parts: int) -> int:

@@ -16,6 +16,10 @@ def test_experiment_and_overrides():
     assert cfg.trainer.lr == 1.0 and isinstance(cfg.trainer.lr, float)
     again = load_config(Config, yaml_overrides(to_yaml(cfg)))
     assert config_hash(again) == config_hash(cfg)
+    longer = load_config(Config, ["experiment=baseline_diffusion", "trainer.max_steps=9"])
+    assert config_hash(longer) != config_hash(cfg)
+    assert config_hash(longer, ignore=("trainer.max_steps",)) == \
+        config_hash(load_config(Config, ["experiment=baseline_diffusion"]), ignore=("trainer.max_steps",))
 
 
 def yaml_overrides(text):
