@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -274,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}")
         code = 1
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]: rerun with --resume to keep the complete shards")
+        err.print("[yellow]interrupted[/]: rerun with --resume to keep the complete shards")
         code = 130
     if argv is None:
         sys.exit(code)

@@ -3,7 +3,6 @@ import os
 import socket
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as torch_dist

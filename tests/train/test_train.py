@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resdepth.config import load_config
 from resdepth.config.schema import Config
 from resdepth.train.signals import REQUEUE_EXIT_CODE
-from tests.train.runner import TINY, checksums, child_env, stats, train
+from tests.train.runner import TINY, child_env, stats, train
 
 
 def tb_steps(run_dir: Path, tag: str = "train/loss") -> list[int]:
