@@ -1,8 +1,9 @@
 """Typed configuration: nested dataclasses are the schema, YAML fills them, ``a.b=v`` overrides win.
 
 Every field carries a one-line doc (``opt(default, "doc")``). Unknown keys and wrong types fail at
-start-up with the key, the value and what was expected; every problem is collected and reported
-at once, so a user fixes a config in one round.
+start-up with the key, the value and what was expected; a section's ``check()`` adds the values out
+of range (``model_channels=0``, an empty ``run.dir``). Every problem is collected and reported at
+once, so a user fixes a config in one round.
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def _build(cls: type, data: dict, prefix: str, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    errors_before = len(errors)
     for name, value in data.items():
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=3, cutoff=0.5)
@@ -134,7 +136,12 @@ def _build(cls: type, data: dict, prefix: str, errors: list[str]) -> Any:
     for name, f in fields.items():
         if name not in kwargs and dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _build(hints[name], {}, prefix + name + ".", errors)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    # range checks only on a section whose types are right (a check may compare numbers)
+    if hasattr(obj, "check") and len(errors) == errors_before:
+        for key, problem in obj.check():
+            errors.append(f"{prefix}{key}: {problem}")
+    return obj
 
 
 def from_dict(cls: type, data: dict) -> Any:
@@ -189,9 +196,9 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def load_experiment(name: str) -> dict:
+def load_experiment(name: str, _chain: tuple[Path, ...] = ()) -> dict:
     """Read ``configs/NAME.yaml`` (or a YAML path); ``base: OTHER`` inherits from another experiment."""
-    path = Path(name)
+    path = Path(str(name))
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
         path = config_dir() / f"{name}.yaml"
     if not path.exists():
@@ -199,11 +206,22 @@ def load_experiment(name: str) -> dict:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"experiment={name}: no file {path}{hint} (known: {', '.join(known)})")
-    data = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: base: inherits from itself ({cycle})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
-    return _merge(load_experiment(base), data) if base else data
+    if not base:
+        return data
+    return _merge(load_experiment(base, (*_chain, path.resolve())), data)
 
 
 def parse_overrides(args: list[str]) -> dict:

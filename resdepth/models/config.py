@@ -27,3 +27,16 @@ class ModelConfig:
     N_grid_channels: int = opt(4, "Channels of the positional grid of SongUNetPosEmbd.")
     hr_mean_conditioning: bool = opt(False, "Residual net also sees the regression mean as a condition channel.")
     regression_ckpt: str = opt("", "Stage 2: regression run directory, checkpoint directory or exported weights file.")
+
+    def check(self) -> list[tuple[str, str]]:
+        """(key, problem) for every value out of range."""
+        out = []
+        if self.model_channels <= 0:
+            out.append(("model_channels", f"must be >= 1, got {self.model_channels}"))
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            out.append(("channel_mult", f"must list one positive multiplier per level, got {self.channel_mult}"))
+        if self.num_blocks < 1:
+            out.append(("num_blocks", f"must be >= 1, got {self.num_blocks}"))
+        if not 0 <= self.dropout < 1:
+            out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        return out

@@ -14,6 +14,19 @@ class RunConfig:
     log_every: int = opt(10, "Steps between stats.jsonl lines and TensorBoard scalars.")
     val_every: int = opt(100, "Steps between validations on the val split, with TensorBoard image panels (0 = never).")
     val_batches: int = opt(4, "Batches per validation (0 = the whole split).")
+    overwrite: bool = opt(False, "With trainer.resume=never: move an existing non-empty run.dir aside (to DIR.old-N) instead of refusing to start.")
+
+    def check(self) -> list[tuple[str, str]]:
+        """(key, problem) for every value out of range."""
+        out = []
+        if not self.dir.strip():
+            out.append(("dir", "must name a directory (it is empty)"))
+        if self.log_every <= 0:
+            out.append(("log_every", f"must be >= 1, got {self.log_every}"))
+        for key in ("val_every", "val_batches"):
+            if getattr(self, key) < 0:
+                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
+        return out
 
 
 @dataclass
@@ -41,3 +54,21 @@ class TrainerConfig:
     resume: str = opt("auto", "auto (newest complete checkpoint in run.dir), never, or a checkpoint path.")
     max_nonfinite: int = opt(5, "Non-finite losses or gradients in a row before training stops.")
     compile: bool = opt(False, "torch.compile the network.")
+
+    def check(self) -> list[tuple[str, str]]:
+        """(key, problem) for every value out of range."""
+        out = []
+        for key, low in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
+                         ("step_every", 1), ("ckpt_every_steps", 0), ("keep_last", 0),
+                         ("max_nonfinite", 1), ("lr", 0), ("weight_decay", 0), ("step_gamma", 0),
+                         ("min_lr_ratio", 0), ("clip_grad", 0), ("ema_halflife_images", 0),
+                         ("ckpt_every_minutes", 0)):
+            if getattr(self, key) < low:
+                out.append((key, f"must be >= {low}, got {getattr(self, key)}"))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            out.append(("betas", f"must be two numbers in [0, 1), got {self.betas}"))
+        if self.zero_stage not in (None, 0, 1, 2):
+            out.append(("zero_stage", f"must be 0, 1, 2 or null, got {self.zero_stage}"))
+        if not self.resume.strip():
+            out.append(("resume", "must be auto, never or a checkpoint path (it is empty)"))
+        return out

@@ -61,3 +61,38 @@ def test_every_field_documented():
     fields = list(iter_fields(Config))
     assert len(fields) > 40
     assert all(doc for _, _, _, doc in fields), [k for k, _, _, d in fields if not d]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.channel_mult=[]", "model.channel_mult: must list one positive multiplier per level, got []"),
+    ("model.model_channels=0", "model.model_channels: must be >= 1, got 0"),
+    ("trainer.grad_accum=0", "trainer.grad_accum: must be >= 1, got 0"),
+    ("run.log_every=0", "run.log_every: must be >= 1, got 0"),
+    ("trainer.betas=[0.9]", "trainer.betas: must be two numbers in [0, 1), got [0.9]"),
+    ("data.crop=[32]", "data.crop: must be [] or [H, W] with H, W >= 1, got [32]"),
+    ("data.crop=[0,32]", "data.crop: must be [] or [H, W] with H, W >= 1, got [0, 32]"),
+    ("trainer.lr=-1", "trainer.lr: must be >= 0, got -1.0"),
+    ("trainer.max_steps=-1", "trainer.max_steps: must be >= 0, got -1"),
+    ("run.dir=''", "run.dir: must name a directory (it is empty)"),
+])
+def test_value_out_of_range_names_key_and_value(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, ["experiment=baseline_regression", override])
+    assert message in str(e.value)
+
+
+def test_every_range_problem_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, ["model.model_channels=0", "trainer.grad_accum=0", "run.dir=''"])
+    assert str(e.value).count("\n  ") == 3
+
+
+def test_yaml_syntax_error_and_base_cycle_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  dir: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: line 3, column 1: YAML syntax error"):
+        load_config(Config, [f"experiment={bad}"])
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: base: inherits from itself \(.*a.yaml -> .*b.yaml -> .*a.yaml\)"):
+        load_config(Config, [f"experiment={tmp_path / 'a.yaml'}"])
