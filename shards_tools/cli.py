@@ -3,7 +3,7 @@
 Examples::
 
     resdepth-shards synth --out data/synth --train 1536 --val 64 --test 256 --workers 2
-    resdepth-shards pack --src recording.hdf5 --out data/mvsec/test --bins 5
+    resdepth-shards pack --format mvsec --src mvsec/ --sequence outdoor_day1 --out data/mvsec/test
     resdepth-shards verify data/synth/train
     resdepth-shards inspect data/synth/test --png preview.png
 """
@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+FORMATS = ("npz", "mvsec")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -71,15 +73,31 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _pack_source(a: argparse.Namespace) -> Any:
-    from resdepth.data.sources import MvsecSource, NpzSource
+    from resdepth.data.sources import Window, pack_source
 
     src = Path(a.src)
-    if src.is_dir():
-        return NpzSource(str(src), a.bins, a.height, a.width)
-    if src.suffix.lower() in (".h5", ".hdf5"):
-        return MvsecSource(str(src), a.bins or 5, a.camera)
-    raise SystemExit(f"resdepth-shards pack: {src}: expected a directory of .npz files or an "
-                     ".h5/.hdf5 file in MVSEC layout")
+    fmt_name = a.format
+    rectify: bool | str = not a.no_rectify
+    if fmt_name is None:  # inferred from the path, as before --format existed
+        if src.is_dir():
+            fmt_name = "npz"
+        elif src.suffix.lower() in (".h5", ".hdf5"):
+            fmt_name, rectify = "mvsec", ("auto" if rectify else False)
+        else:
+            raise SystemExit(f"resdepth-shards pack: {src}: pass --format (or a directory of .npz "
+                             "files, or an .h5/.hdf5 file in MVSEC layout)")
+    if a.window_ms is not None:
+        window = Window("ms", ms=a.window_ms)
+    elif a.events_per_sample is not None:
+        window = Window("count", count=a.events_per_sample)
+    else:
+        window = Window()
+    if fmt_name == "npz" and (a.window_ms is not None or a.events_per_sample is not None):
+        raise SystemExit("resdepth-shards pack: --window-ms/--events-per-sample need a recording "
+                         "format (mvsec, dsec, ...), not per-sample .npz files")
+    bins = a.bins if fmt_name == "npz" else (a.bins or 5)
+    return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,
+                       rectify, a.height, a.width)
 
 
 def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
@@ -98,6 +116,10 @@ def cmd_pack(a: argparse.Namespace) -> int:
     from resdepth.data.writer import write_split
 
     source = _pack_source(a)
+    if len(source) == 0:
+        raise SystemExit(f"resdepth-shards pack: {a.src}: no samples (no depth frame has events "
+                         "in its window)")
+    next(iter(source.samples(0, 1)))  # a size mismatch or unreadable file fails before writing
     per_shard = _per_shard_for(source, a)
     meta = {"command": "pack", "per_shard": per_shard, **source.describe()}
     with progress_bar(f"pack {Path(a.src).name}") as update:
@@ -223,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     writer_opts(s)
     s.set_defaults(fn=cmd_synth)
 
-    s = sub.add_parser("pack", help="pack .npz files or an MVSEC-layout HDF5 file into shards")
-    s.add_argument("--src", required=True, help="directory of .npz files, or an .h5/.hdf5 file")
+    s = sub.add_parser("pack", help="pack a dataset (npz, MVSEC, DSEC, ...) into shards")
+    s.add_argument("--format", default=None, choices=FORMATS,
+                   help="dataset layout (default: npz for a directory, mvsec for one .hdf5 file)")
+    s.add_argument("--src", required=True,
+                   help="npz: directory of .npz files; mvsec: folder of <seq>_data.hdf5 and "
+                        "<seq>_gt.hdf5 (or one combined file); dsec: the split root")
+    s.add_argument("--sequence", action="append", default=None,
+                   help="sequence to pack (repeatable; 'all' = every one under --src)")
     s.add_argument("--out", required=True, help="split directory to write")
     size = s.add_mutually_exclusive_group()
     size.add_argument("--per-shard", type=int, default=64, help="samples per shard")
@@ -232,7 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bins", type=int, default=None, help="time bins for raw events (default 5 for HDF5)")
     s.add_argument("--height", type=int, default=None, help="frame height for raw events (default: depth's)")
     s.add_argument("--width", type=int, default=None, help="frame width for raw events (default: depth's)")
-    s.add_argument("--camera", default="left", help="MVSEC camera group under davis/")
+    s.add_argument("--camera", default="left", help="camera (left or right)")
+    win = s.add_mutually_exclusive_group()
+    win.add_argument("--window-ms", type=float, default=None,
+                     help="events of the last N ms before each depth frame (default: since the "
+                          "previous depth frame)")
+    win.add_argument("--events-per-sample", type=int, default=None,
+                     help="the last N events before each depth frame")
+    s.add_argument("--splat", default="round", choices=("round", "bilinear"),
+                   help="rectified (fractional) event positions: nearest pixel or bilinear")
+    s.add_argument("--no-rectify", action="store_true",
+                   help="use raw sensor pixels (no rectification maps)")
     writer_opts(s)
     s.set_defaults(fn=cmd_pack)
 

@@ -53,6 +53,16 @@ def verify_shard(split_dir: Path, entry: dict, index: dict, report: Report) -> N
         report.problems.append(f"{name}: {n} samples, index says {entry['nsamples']}")
 
 
+def frame_size_problems(index: dict) -> list[str]:
+    """Lines for events, depth and mask of different height x width in ``index.json``'s shapes
+    (each sample is then checked against these shapes)."""
+    shapes = index["shapes"]
+    sizes = {k: tuple(shapes[k][-2:]) for k in fmt.ARRAY_KEYS if k in shapes}
+    ev = sizes.get("events.npy")
+    return [f"index.json: events are {ev[0]}x{ev[1]} (H x W) but {k.split('.')[0]} is "
+            f"{hw[0]}x{hw[1]}; they must match" for k, hw in sizes.items() if ev and hw != ev]
+
+
 def verify_split(split_dir: str | os.PathLike,
                  progress: Optional[Callable[[int, int], None]] = None) -> Report:
     """Check every shard of a split against ``index.json``."""
@@ -63,6 +73,7 @@ def verify_split(split_dir: str | os.PathLike,
     except fmt.DataError as e:
         report.problems.append(str(e))
         return report
+    report.problems += frame_size_problems(index)
     listed = {s["name"] for s in index["shards"]}
     for extra in sorted(p.name for p in split_dir.glob("*.tar") if p.name not in listed):
         report.problems.append(f"{extra}: tar file not listed in index.json")

@@ -32,28 +32,47 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
     stats = fmt.DepthStats()
     shapes: Optional[dict] = None
     n = 0
-    with open(tmp, "wb") as f:
-        writer = wds.TarWriter(f, encoder=False, mtime=0.0)
-        for key, events, depth, mask, meta in source.samples(start, stop):
-            sample = fmt.make_sample(key, events, depth, mask, meta)
-            arrays = {k: fmt.npy_load(sample[k]) for k in ("depth.npy", "mask.npy")}
-            got = {"events.npy": list(events.shape), "depth.npy": list(arrays["depth.npy"].shape),
-                   "mask.npy": list(arrays["mask.npy"].shape)}
-            if shapes is None:
-                shapes = got
-            elif got != shapes:
-                raise fmt.DataError(f"{name}: sample {key!r} has shapes {got}, earlier samples {shapes}")
-            stats.add(arrays["depth.npy"], arrays["mask.npy"])
-            writer.write(sample)
-            n += 1
-        writer.close()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, encoder=False, mtime=0.0)
+            for key, events, depth, mask, meta in source.samples(start, stop):
+                check_frame_size(key, events, depth, meta)
+                shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta)
+                n += 1
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a shard that holds part of the samples
+        raise
     record = {"name": name, "nsamples": n, "bytes": tmp.stat().st_size, "sha256": fmt.sha256_file(tmp)}
     fmt.write_json_atomic(out_dir / PARTS / f"{name}.json",
                           {"record": record, "shapes": shapes, "stats": stats.state()})
     os.replace(tmp, out_dir / name)
     return record
+
+
+def check_frame_size(key: str, events: Any, depth: Any, meta: dict) -> None:
+    """Refuse a sample whose events and depth differ in height x width."""
+    if tuple(events.shape[-2:]) != tuple(depth.shape[-2:]):
+        where = f"sequence {meta['sequence']!r}, " if meta.get("sequence") else ""
+        raise fmt.DataError(f"sample {key!r} ({where}{meta.get('file', meta.get('source', ''))}): "
+                            f"events are {events.shape[-2]}x{events.shape[-1]} (H x W) but depth is "
+                            f"{depth.shape[-2]}x{depth.shape[-1]}; they must match")
+
+
+def _add(writer: Any, stats: fmt.DepthStats, shapes: Optional[dict], name: str, key: str,
+         events: Any, depth: Any, mask: Any, meta: dict) -> dict:
+    """Write one sample; returns the split's shapes (those of the first sample)."""
+    sample = fmt.make_sample(key, events, depth, mask, meta)
+    arrays = {k: fmt.npy_load(sample[k]) for k in ("depth.npy", "mask.npy")}
+    got = {"events.npy": list(events.shape), "depth.npy": list(arrays["depth.npy"].shape),
+           "mask.npy": list(arrays["mask.npy"].shape)}
+    if shapes is not None and got != shapes:
+        raise fmt.DataError(f"{name}: sample {key!r} has shapes {got}, earlier samples {shapes}")
+    stats.add(arrays["depth.npy"], arrays["mask.npy"])
+    writer.write(sample)
+    return got
 
 
 def _complete(out_dir: Path, i: int, expected: int) -> bool:
@@ -185,4 +204,5 @@ def make_index(records: list[dict], shapes: dict, stats: fmt.DepthStats, params:
     return {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": records,
             "num_samples": sum(r["nsamples"] for r in records), "shapes": shapes,
             "dtypes": dict(fmt.DTYPES), "bins": b, "height": h, "width": w,
-            "depth_stats": stats.to_dict(), "params": params}
+            "depth_stats": stats.to_dict(), "sequences": params.get("sequences", []),
+            "params": params}

@@ -152,7 +152,7 @@ def test_pack_mvsec_hdf5_round_trip(capsys, tmp_path):
         d = depth[i + 1]
         np.testing.assert_allclose(b["depth_m"][i, 0].numpy(), np.nan_to_num(d, nan=0.0))
         assert (b["mask"][i, 0].numpy() == np.isfinite(d)).all()
-    assert b["key"][0] == "outdoor_day1_data_000001"
+    assert b["key"][0] == "outdoor_day1_000001"
 
 
 def test_reshard_stats_inspect(capsys, synth_root, tmp_path):

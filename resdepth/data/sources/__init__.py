@@ -1,0 +1,91 @@
+"""Dataset readers: one module per dataset format behind one interface (``base``).
+
+Event recordings (depth not needed; what inference reads)::
+
+    from resdepth.data.sources import open_events
+    stream = open_events("mvsec", "data/mvsec", "outdoor_day1")  # rectified with the scene's maps
+    stream.height, stream.width, stream.t_start, stream.t_end
+    ev = stream.events_between(t0, t1)     # Events(x, y, t, p), x/y rectified floats, t seconds
+    ev = stream.events_before(t1, 30000)   # the last 30000 events before t1
+
+Labelled samples for packing (events + depth): ``pack_source(format, src, sequences, ...)``
+returns a random-access, picklable source for ``resdepth.data.writer.write_split``.
+
+``format`` is one of ``FORMATS``; see each module's docstring for the files it reads.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+from resdepth.data import format as fmt
+from resdepth.data.sources.base import (ConcatSource, DepthFrames, Events, EventStream,
+                                        LabelledSource, Record, Window, check_same_size,
+                                        safe_key)
+from resdepth.data.sources.npz import NpzSource
+from resdepth.data.sources.shards import TarSource
+from resdepth.data.sources.synth import SynthSource
+
+__all__ = ["FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream", "LabelledSource",
+           "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
+           "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
+
+FORMATS = ("npz", "mvsec")
+
+
+def reader(format: str) -> ModuleType:
+    """The module reading ``format``."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r}; one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"resdepth.data.sources.{format}")
+
+
+def open_events(format: str, src: str, sequence: Optional[str] = None, **options: Any) -> EventStream:
+    """The event stream of one recording (``options``: ``camera``, ``rectify``, ``height``,
+    ``width`` where the format has them)."""
+    return reader(format).open_events(src, sequence, **options)
+
+
+def open_depth(format: str, src: str, sequence: Optional[str] = None, **options: Any) -> DepthFrames:
+    """The depth frames of one recording."""
+    mod = reader(format)
+    if not hasattr(mod, "open_depth"):
+        raise ValueError(f"format {format!r} has no separate depth frames")
+    return mod.open_depth(src, sequence, **options)
+
+
+def list_sequences(format: str, src: str) -> list[str]:
+    """The sequences under ``src`` that have events and depth."""
+    mod = reader(format)
+    if not hasattr(mod, "list_sequences"):
+        raise ValueError(f"format {format!r} has no sequences; pass the directory itself")
+    return mod.list_sequences(src)
+
+
+def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int = 5,
+                window: Window = Window(), splat: str = "round", camera: str = "left",
+                rectify: bool | str = True, height: Optional[int] = None,
+                width: Optional[int] = None) -> Any:
+    """The packing source of ``sequences`` (``["all"]``: every one under ``src``)."""
+    if format == "npz":
+        if sequences:
+            raise ValueError("--sequence does not apply to --format npz (pass the directory)")
+        return NpzSource(str(src), bins, height, width, splat=splat)
+    mod = reader(format)
+    names = list(sequences)
+    if names == ["all"]:
+        names = mod.list_sequences(src)
+        if not names:
+            raise fmt.DataError(f"{src}: no {format} sequences found")
+    if not names:
+        names = [None]
+    parts = []
+    for name in names:
+        ev = mod.open_events(src, name, camera=camera, rectify=rectify, height=height, width=width)
+        depth = mod.open_depth(src, name, camera=camera)
+        if rectify == "auto" and ev.rectify_map is None and height is None and width is None:
+            ev.height, ev.width = depth.height, depth.width  # an older export: raw = depth pixels
+        parts.append(LabelledSource(format, ev, depth, bins, window, splat,
+                                    where=f"{format} sequence {ev.sequence} ({src})"))
+    return parts[0] if len(parts) == 1 else ConcatSource(parts)

@@ -1,0 +1,310 @@
+"""The one interface every dataset reader implements, and the labelled-window iteration on top.
+
+Two separate things, so that inference on recordings without depth reuses the same readers:
+
+* ``EventStream`` -- one recording's events, depth not needed. It knows its rectified frame size
+  (``height``, ``width``), its time range (``t_start``, ``t_end``, seconds on the recording's own
+  clock) and returns events with ``events_between(t0, t1)`` (the half-open window
+  ``[t0, t1)``), ``events_before(t1, n)`` (the last ``n`` events before ``t1``) or
+  ``events(i0, i1)`` (by row). Coordinates come back rectified when the stream has a rectification
+  map (MVSEC x/y maps, DSEC ``rectify_map.h5``) -- fractional, possibly outside the frame; the
+  voxel grid (``resdepth.data.voxel``) rounds or splats them and drops what falls outside.
+* ``DepthFrames`` -- one recording's depth maps (metres; NaN, inf or <= 0 = invalid) and their
+  timestamps on the same clock as the events.
+
+``LabelledSource`` pairs the two: one sample per depth frame, events of a window that ends at the
+frame's timestamp (between consecutive depth frames by default, or a fixed duration, or a fixed
+event count), voxelised to ``[bins, H, W]``. It is the random-access, picklable source
+``resdepth.data.writer.write_split`` packs; ``ConcatSource`` joins several sequences into a split.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from resdepth.data import format as fmt
+from resdepth.data.voxel import SPLATS, events_to_voxel
+
+log = logging.getLogger("resdepth")
+
+# (key, events [B,H,W], depth [H,W] or [1,H,W] in metres, mask or None, meta)
+Record = tuple[str, np.ndarray, np.ndarray, Optional[np.ndarray], dict]
+
+
+def safe_key(text: str) -> str:
+    """A webdataset-safe sample key (no dots or slashes)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+class Events(NamedTuple):
+    """A slice of events: ``x``, ``y`` pixel coordinates (float64, rectified when the stream
+    rectifies), ``t`` in seconds (float64), ``p`` polarity +1/-1 (int8)."""
+    x: np.ndarray
+    y: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.t)
+
+
+class EventStream(ABC):
+    """One recording's events (see the module docstring). Subclasses implement ``__len__``,
+    ``_read`` (raw rows), ``_times`` (times of rows) and may override ``index_at``.
+
+    ``rectify_map`` is ``None`` or a float array ``[H_raw, W_raw, 2]`` giving, at raw pixel
+    ``(x, y)``, the rectified ``(x_rect, y_rect)``. Instances are picklable; open files are
+    dropped on pickling and reopened lazily, so forked shard writers each read on their own.
+    """
+    sequence: str
+    height: int
+    width: int
+    rectify_map: Optional[np.ndarray] = None
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of events."""
+
+    @abstractmethod
+    def _read(self, i0: int, i1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raw rows ``[i0, i1)``: integer x, y (sensor pixels), t in seconds, polarity (any sign
+        convention: > 0 is positive)."""
+
+    @abstractmethod
+    def _times(self, i0: int, i1: int) -> np.ndarray:
+        """Times in seconds (float64) of rows ``[i0, i1)``."""
+
+    @property
+    def t_start(self) -> float:
+        """Time of the first event (seconds)."""
+        return float(self._times(0, 1)[0]) if len(self) else 0.0
+
+    @property
+    def t_end(self) -> float:
+        """Time of the last event (seconds)."""
+        n = len(self)
+        return float(self._times(n - 1, n)[0]) if n else 0.0
+
+    def index_at(self, t: float) -> int:
+        """Row of the first event at or after ``t`` (binary search over rows; subclasses with a
+        time index narrow the search first)."""
+        return self._search(t, 0, len(self))
+
+    def _search(self, t: float, lo: int, hi: int, block: int = 1 << 16) -> int:
+        """First row in ``[lo, hi)`` with time >= ``t``, reading blocks of at most ``block`` rows."""
+        while hi - lo > block:
+            mid = (lo + hi) // 2
+            if float(self._times(mid, mid + 1)[0]) < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo + int(np.searchsorted(self._times(lo, hi), t, side="left"))
+
+    def events(self, i0: int, i1: int) -> Events:
+        """Events of rows ``[i0, i1)``, rectified when the stream has a map."""
+        i0, i1 = max(int(i0), 0), min(int(i1), len(self))
+        if i1 <= i0:
+            e = np.zeros(0)
+            return Events(e, e, e, np.zeros(0, np.int8))
+        x, y, t, p = self._read(i0, i1)
+        pol = np.where(np.asarray(p) > 0, 1, -1).astype(np.int8)
+        x, y = self.rectify(np.asarray(x), np.asarray(y))
+        return Events(x, y, np.asarray(t, dtype=np.float64), pol)
+
+    def events_between(self, t0: float, t1: float) -> Events:
+        """Events with ``t0 <= t < t1``."""
+        return self.events(self.index_at(t0), self.index_at(t1))
+
+    def events_before(self, t1: float, n: int) -> Events:
+        """The last ``n`` events with ``t < t1`` (fewer at the start of the recording)."""
+        i1 = self.index_at(t1)
+        return self.events(i1 - n, i1)
+
+    def rectify(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rectified float64 coordinates of raw integer pixels (identity without a map); raw
+        pixels outside the map go to -1 so the voxel grid drops them."""
+        if self.rectify_map is None:
+            return x.astype(np.float64), y.astype(np.float64)
+        xi, yi = x.astype(np.int64), y.astype(np.int64)
+        mh, mw = self.rectify_map.shape[:2]
+        ok = (xi >= 0) & (xi < mw) & (yi >= 0) & (yi < mh)
+        if not ok.all():
+            xi, yi = np.where(ok, xi, 0), np.where(ok, yi, 0)
+        xy = self.rectify_map[yi, xi].astype(np.float64)
+        if not ok.all():
+            xy[~ok] = -1.0
+        return xy[:, 0], xy[:, 1]
+
+    def describe(self) -> dict[str, Any]:
+        """What the stream is, for ``index.json``."""
+        return {"sequence": self.sequence, "height": self.height, "width": self.width,
+                "rectified": self.rectify_map is not None, "num_events": len(self),
+                "t_start": self.t_start, "t_end": self.t_end}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_h5")}
+
+
+class MsIndexMixin:
+    """``index_at`` through a millisecond table (``ms_to_idx[k]`` = first row at or after
+    ``t_origin + k`` ms, DSEC's convention), so a look-up reads at most one millisecond of rows."""
+    ms_to_idx: np.ndarray
+    t_origin: float
+
+    def index_at(self, t: float) -> int:
+        k = int(np.floor((t - self.t_origin) * 1e3))
+        n, m = len(self), len(self.ms_to_idx)  # type: ignore[arg-type]
+        if k < 0 or m == 0:
+            return self._search(t, 0, int(self.ms_to_idx[0]) if m else n)  # type: ignore[attr-defined]
+        # one millisecond of margin each side absorbs float rounding of t - t_origin
+        lo = int(self.ms_to_idx[min(max(k - 1, 0), m - 1)])
+        hi = int(self.ms_to_idx[k + 2]) if k + 2 < m else n
+        return self._search(t, lo, hi)  # type: ignore[attr-defined]
+
+
+class DepthFrames(ABC):
+    """One recording's depth maps and their timestamps (seconds, the events' clock)."""
+    sequence: str
+    height: int
+    width: int
+    timestamps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @abstractmethod
+    def depth(self, i: int) -> np.ndarray:
+        """Depth frame ``i``: float32 ``[H, W]`` metres; NaN, inf or <= 0 mark invalid pixels."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the depth is, for ``index.json``."""
+        return {"frames": len(self), "height": self.height, "width": self.width}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_h5")}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which events go with depth frame ``i``: ``mode="depth"``: ``[ts[i-1], ts[i])`` (the frame
+    before to this one); ``"ms"``: the last ``ms`` milliseconds before ``ts[i]``; ``"count"``: the
+    last ``count`` events before ``ts[i]``."""
+    mode: str = "depth"
+    ms: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("depth", "ms", "count"):
+            raise ValueError(f"window mode must be depth, ms or count, got {self.mode!r}")
+        if self.mode == "ms" and self.ms <= 0:
+            raise ValueError(f"--window-ms must be > 0, got {self.ms}")
+        if self.mode == "count" and self.count <= 0:
+            raise ValueError(f"--events-per-sample must be > 0, got {self.count}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"window": self.mode, **({"window_ms": self.ms} if self.mode == "ms" else {}),
+                **({"events_per_sample": self.count} if self.mode == "count" else {})}
+
+
+def check_same_size(events: EventStream, depth: DepthFrames, where: str) -> None:
+    """Refuse a pairing whose event frame and depth frame differ in size (nothing is written)."""
+    if (events.height, events.width) != (depth.height, depth.width):
+        raise fmt.DataError(f"{where}: events are {events.height}x{events.width} (H x W) but depth "
+                            f"is {depth.height}x{depth.width}; they must match")
+
+
+class LabelledSource:
+    """Samples of one sequence: depth frame ``i`` with the voxelised events of its window.
+
+    Skipped frames: the first (``"depth"``: it has no previous frame), those whose window does
+    not overlap the events (``"depth"``) or starts before the first event (``"ms"``), and those
+    with fewer events before them than asked (``"count"``). Keys are ``<sequence>_<frame:06d>``; ``meta`` holds ``source``, ``sequence``,
+    ``t_start``, ``t_end`` (the window, seconds), ``frame`` and ``num_events``.
+    """
+
+    def __init__(self, source: str, events: EventStream, depth: DepthFrames, bins: int = 5,
+                 window: Window = Window(), splat: str = "round", where: str = "") -> None:
+        if splat not in SPLATS:
+            raise ValueError(f"splat must be one of {SPLATS}, got {splat!r}")
+        check_same_size(events, depth, where or events.sequence)
+        self.source, self.events, self.depth = source, events, depth
+        self.bins, self.window, self.splat = int(bins), window, splat
+        self.frames = self._frames()
+
+    def _frames(self) -> list[int]:
+        ts = np.asarray(self.depth.timestamps, dtype=np.float64)
+        if len(self.events) == 0:
+            return []
+        first, last = self.events.t_start, self.events.t_end
+        if self.window.mode == "depth":
+            return [i for i in range(1, len(ts))
+                    if ts[i] > ts[i - 1] and ts[i] > first and ts[i - 1] <= last]
+        if self.window.mode == "ms":
+            return [i for i in range(len(ts)) if ts[i] - self.window.ms * 1e-3 >= first]
+        return [i for i in range(len(ts)) if self.events.index_at(ts[i]) >= self.window.count]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def window_of(self, i: int) -> tuple[float, float, Events]:
+        """``(t0, t1, events)`` of depth frame ``i``."""
+        ts = self.depth.timestamps
+        t1 = float(ts[i])
+        if self.window.mode == "depth":
+            t0 = float(ts[i - 1])
+            return t0, t1, self.events.events_between(t0, t1)
+        if self.window.mode == "ms":
+            t0 = t1 - self.window.ms * 1e-3
+            return t0, t1, self.events.events_between(t0, t1)
+        ev = self.events.events_before(t1, self.window.count)
+        return float(ev.t[0]), t1, ev
+
+    def samples(self, start: int, stop: int) -> Iterator[Record]:
+        seq = self.events.sequence
+        for i in self.frames[start:stop]:
+            t0, t1, ev = self.window_of(i)
+            grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, self.events.height,
+                                   self.events.width, t0, t1, splat=self.splat)
+            meta = {"source": self.source, "sequence": seq, "t_start": t0, "t_end": t1,
+                    "frame": int(i), "num_events": int(len(ev))}
+            yield f"{safe_key(seq)}_{i:06d}", grid, self.depth.depth(i), None, meta
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "bins": self.bins, "splat": self.splat,
+                **self.window.describe(),
+                "sequences": [self.sequence_entry()]}
+
+    def sequence_entry(self) -> dict[str, Any]:
+        """This sequence's line in ``index.json``'s ``sequences``."""
+        return {"name": self.events.sequence, "samples": len(self), **self.events.describe(),
+                "depth_frames": len(self.depth)}
+
+
+class ConcatSource:
+    """Several sources one after the other (several sequences in one split)."""
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        if not parts:
+            raise fmt.DataError("no sequences to pack")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def samples(self, start: int, stop: int) -> Iterator[Record]:
+        for j, part in enumerate(self.parts):
+            a, b = self.offsets[j], self.offsets[j + 1]
+            lo, hi = max(start, a), min(stop, b)
+            if lo < hi:
+                yield from part.samples(lo - a, hi - a)
+
+    def describe(self) -> dict[str, Any]:
+        first = self.parts[0].describe()
+        seqs = [s for p in self.parts for s in p.describe().get("sequences", [])]
+        return {**{k: v for k, v in first.items() if k != "sequences"}, "sequences": seqs}

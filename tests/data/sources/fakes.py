@@ -1,0 +1,89 @@
+"""Small recordings in the exact file layouts the datasets ship, with their ground truth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MVSEC_HW = (260, 346)
+
+
+def mvsec_maps(h: int = MVSEC_HW[0], w: int = MVSEC_HW[1]) -> tuple[np.ndarray, np.ndarray]:
+    """Undistortion-like maps: a radial stretch, so corners land outside the frame and the
+    centre stays put, with fractional positions everywhere else."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = (w - 1) / 2 + 3.3, (h - 1) / 2 - 2.1
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (w / 2) ** 2
+    k = 1.0 + 0.12 * r2
+    return cx + (xx - cx) * k + 0.37, cy + (yy - cy) * k - 0.21
+
+
+def write_mvsec(root: Path, sequence: str = "outdoor_day1", frames: int = 4,
+                events_per_frame: int = 20_000, seed: int = 0, depth_hw: tuple = MVSEC_HW,
+                calib: bool = True, t_base: float = 1_506_117_000.25) -> dict:
+    """``<seq>_data.hdf5``, ``<seq>_gt.hdf5`` (lzf depth, NaN holes) and
+    ``<scene>_calib/<scene>_left_{x,y}_map.txt`` under ``root``; returns what was written."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    h, w = MVSEC_HW
+    ts = t_base + 0.05 * np.arange(frames) + rng.uniform(0, 0.004, frames)
+    n = events_per_frame * (frames + 1)
+    t = np.sort(rng.uniform(ts[0] - 0.03, ts[-1] + 0.03, n))
+    x = rng.integers(0, w, n).astype(np.float64)
+    y = rng.integers(0, h, n).astype(np.float64)
+    p = rng.choice([-1.0, 1.0], n)
+    events = np.stack([x, y, t, p], 1)
+    depth = rng.uniform(2.0, 80.0, (frames, *depth_hw)).astype(np.float32)
+    for i in range(frames):  # NaN holes: a sky band and random pixels
+        depth[i, : 20 + 5 * i] = np.nan
+        depth[i][rng.random(depth_hw) < 0.1] = np.nan
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / f"{sequence}_data.hdf5", "w") as f:
+        f.create_dataset("davis/left/events", data=events, chunks=(min(4096, n), 4))
+        f.create_dataset("davis/left/image_raw_ts", data=ts - 0.001)
+    with h5py.File(root / f"{sequence}_gt.hdf5", "w") as f:
+        f.create_dataset("davis/left/depth_image_rect", data=depth, compression="lzf",
+                         chunks=(1, *depth_hw))
+        f.create_dataset("davis/left/depth_image_rect_ts", data=ts)
+        f.create_dataset("davis/left/depth_image_raw", data=depth, compression="lzf",
+                         chunks=(1, *depth_hw))
+    mx, my = mvsec_maps()
+    scene = sequence.rstrip("0123456789")
+    if calib:
+        d = root / f"{scene}_calib"
+        d.mkdir(exist_ok=True)
+        np.savetxt(d / f"{scene}_left_x_map.txt", mx)
+        np.savetxt(d / f"{scene}_left_y_map.txt", my)
+    return {"events": events, "ts": ts, "depth": depth, "x_map": mx, "y_map": my}
+
+
+def voxel_reference(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, bins: int,
+                    h: int, w: int, t0: float, t1: float, splat: str = "round") -> np.ndarray:
+    """The voxel grid in float64 written from the definition, independently of the library:
+    triangular kernel in time ``max(0, 1 - |t* - b|)``, nearest pixel or bilinear in space,
+    events outside the frame or the window ``[t0, t1]`` dropped."""
+    grid = np.zeros((bins, h, w), np.float64)
+    keep = (t >= t0) & (t <= t1)
+    x, y, t, p = x[keep], y[keep], t[keep], np.where(p[keep] > 0, 1.0, -1.0)
+    tn = (bins - 1) * (t - t0) / (t1 - t0)
+    if splat == "round":
+        corners = [(np.floor(x + 0.5), np.floor(y + 0.5), np.ones_like(x))]
+    else:
+        fx, fy = x - np.floor(x), y - np.floor(y)
+        corners = [(np.floor(x) + dx, np.floor(y) + dy,
+                    (fx if dx else 1 - fx) * (fy if dy else 1 - fy))
+                   for dx in (0, 1) for dy in (0, 1)]
+    for b in range(bins):
+        kt = np.maximum(0.0, 1.0 - np.abs(tn - b))
+        for cx, cy, kw in corners:
+            ok = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            np.add.at(grid[b], (cy[ok].astype(int), cx[ok].astype(int)), (p * kt * kw)[ok])
+    return grid
+
+
+def float16_error_ok(got: np.ndarray, ref: np.ndarray) -> float:
+    """The largest error of ``got`` in units of float16 rounding of ``ref`` (<= 1 passes):
+    half a float16 step of each value (and its subnormal step near zero)."""
+    bound = np.maximum(np.abs(ref) * 2.0 ** -11, 2.0 ** -25) * (1 + 1e-6)
+    return float((np.abs(got.astype(np.float64) - ref) / bound).max())
