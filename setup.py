@@ -20,6 +20,8 @@ setup(
         "pyyaml>=6",
         "safetensors>=0.4",
         "h5py>=3.10",
+        "hdf5plugin>=4.0",
+        "pillow>=10",
         "matplotlib>=3.8",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},

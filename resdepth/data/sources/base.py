@@ -181,6 +181,10 @@ class DepthFrames(ABC):
     def depth(self, i: int) -> np.ndarray:
         """Depth frame ``i``: float32 ``[H, W]`` metres; NaN, inf or <= 0 mark invalid pixels."""
 
+    def frame_meta(self, i: int) -> dict[str, Any]:
+        """Extra per-sample meta of frame ``i`` (e.g. the dataset's own timestamp and file)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What the depth is, for ``index.json``."""
         return {"frames": len(self), "height": self.height, "width": self.width}
@@ -271,7 +275,7 @@ class LabelledSource:
             grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, self.events.height,
                                    self.events.width, t0, t1, splat=self.splat)
             meta = {"source": self.source, "sequence": seq, "t_start": t0, "t_end": t1,
-                    "frame": int(i), "num_events": int(len(ev))}
+                    "frame": int(i), "num_events": int(len(ev)), **self.depth.frame_meta(i)}
             yield f"{safe_key(seq)}_{i:06d}", grid, self.depth.depth(i), None, meta
 
     def describe(self) -> dict[str, Any]:

@@ -87,3 +87,67 @@ def float16_error_ok(got: np.ndarray, ref: np.ndarray) -> float:
     half a float16 step of each value (and its subnormal step near zero)."""
     bound = np.maximum(np.abs(ref) * 2.0 ** -11, 2.0 ** -25) * (1 + 1e-6)
     return float((np.abs(got.astype(np.float64) - ref) / bound).max())
+
+
+DSEC_HW = (480, 640)
+DSEC_T_OFFSET = 49_599_300_523  # microseconds, the magnitude real recordings have
+DSEC_Q = np.array([[1.0, 0.0, 0.0, -335.0999870300293],
+                   [0.0, 1.0, 0.0, -221.23667526245117],
+                   [0.0, 0.0, 0.0, 569.7632987676102],
+                   [0.0, 0.0, 1.6705925010574574, 0.0]])
+
+
+def write_dsec(root: Path, sequence: str = "zurich_city_00_a", frames: int = 4,
+               events_per_frame: int = 20_000, seed: int = 0, disp_hw: tuple = DSEC_HW) -> dict:
+    """One DSEC sequence folder (Blosc events.h5, rectify_map.h5, 16-bit disparity PNGs with
+    timestamps.txt, cam_to_cam.yaml) under ``root``; returns what was written."""
+    import h5py
+    import hdf5plugin
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = DSEC_HW
+    seq = root / sequence
+    ev_dir, disp_dir, cal_dir = seq / "events" / "left", seq / "disparity" / "event", seq / "calibration"
+    for d in (ev_dir, disp_dir, cal_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    ts_us = DSEC_T_OFFSET + 50_000 + 100_000 * np.arange(frames, dtype=np.int64) \
+        + rng.integers(0, 500, frames)
+    span = int(ts_us[-1] - DSEC_T_OFFSET) + 30_000
+    n = events_per_frame * span // 100_000  # events_per_frame per 100 ms disparity interval
+    t_rel = np.sort(rng.integers(0, span, n)).astype(np.uint32)
+    x = rng.integers(0, w, n).astype(np.uint16)
+    y = rng.integers(0, h, n).astype(np.uint16)
+    p = rng.integers(0, 2, n).astype(np.uint8)
+    ms_to_idx = np.searchsorted(t_rel, np.arange(int(t_rel[-1]) // 1000 + 1) * 1000, side="left")
+    blosc = hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE)
+    with h5py.File(ev_dir / "events.h5", "w") as f:
+        for k, v in (("p", p), ("t", t_rel), ("x", x), ("y", y)):
+            f.create_dataset(f"events/{k}", data=v, chunks=(min(16384, n),), **blosc)
+        f.create_dataset("ms_to_idx", data=ms_to_idx.astype(np.uint64))
+        f.create_dataset("t_offset", data=np.int64(DSEC_T_OFFSET))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = 331.7, 245.2
+    k = 1.0 + 0.1 * ((xx - cx) ** 2 + (yy - cy) ** 2) / (w / 2) ** 2
+    rect = np.stack([cx + (xx - cx) * k - 0.6, cy + (yy - cy) * k + 0.45], -1).astype(np.float32)
+    with h5py.File(ev_dir / "rectify_map.h5", "w") as f:
+        f.create_dataset("rectify_map", data=rect)
+    pngs = []
+    for i in range(frames):
+        disp = rng.uniform(1.0, 60.0, disp_hw)
+        disp[rng.random(disp_hw) < 0.3] = 0.0  # no ground truth
+        disp[:5, :5] = 200.0  # stored as 51200: above int16's range
+        raw = np.round(disp * 256).astype(np.uint16)
+        Image.fromarray(raw).save(disp_dir / f"{2 * i:06d}.png")
+        pngs.append(raw)
+    np.savetxt(seq / "disparity" / "timestamps.txt", ts_us, fmt="%d")
+    calib = {"intrinsics": {"camRect0": {"camera_matrix": [569.76, 569.76, 335.10, 221.24],
+                                         "resolution": [w, h]},
+                            "camRect3": {"camera_matrix": [569.76, 569.76, 335.10, 221.24],
+                                         "resolution": [w, h]}},
+             "extrinsics": {"T_10": np.eye(4).tolist(), "R_rect0": np.eye(3).tolist()},
+             "disparity_to_depth": {"cams_03": DSEC_Q.tolist(), "cams_12": DSEC_Q.tolist()}}
+    (cal_dir / "cam_to_cam.yaml").write_text(yaml.safe_dump(calib))
+    return {"t_rel": t_rel, "x": x, "y": y, "p": p, "ts_us": ts_us, "disp_raw": pngs,
+            "rectify_map": rect, "t_offset": DSEC_T_OFFSET, "q": DSEC_Q}
