@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-FORMATS = ("npz", "mvsec")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
+FORMATS = ("npz", "mvsec", "dsec")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
