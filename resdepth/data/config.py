@@ -21,13 +21,14 @@ class DataConfig:
     min_depth: float = opt(1.0, "Dmin in metres for the inverse-depth normalisation.")
     alpha: float = opt(3.7, "alpha of the log-depth normalisation 1 + ln(D/Dmax)/alpha.")
     on_error: Literal["raise", "skip"] = opt("raise", "Bad sample: raise naming shard, key and reason, or skip it, count and log it.")
+    max_consecutive_skips: int = opt(100, "With on_error=skip: stop with an error after this many bad samples in a row (0: never).")
 
     def check(self) -> list[tuple[str, str]]:
         """(key, problem) for every value out of range."""
         out = []
         if self.crop and (len(self.crop) != 2 or any(c <= 0 for c in self.crop)):
             out.append(("crop", f"must be [] or [H, W] with H, W >= 1, got {self.crop}"))
-        for key in ("num_workers", "shuffle_buffer"):
+        for key in ("num_workers", "shuffle_buffer", "max_consecutive_skips"):
             if getattr(self, key) < 0:
                 out.append((key, f"must be >= 0, got {getattr(self, key)}"))
         return out

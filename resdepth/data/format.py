@@ -267,8 +267,11 @@ def shard_paths(split_dir: str | os.PathLike, index: Optional[dict] = None) -> l
 
 
 def shard_label(url: str) -> str:
-    """The shard's file name, for messages."""
-    return url.rstrip("/").split("/")[-1].split(" ")[-1]
+    """The shard's file name, for messages and index look-ups (in a ``pipe:`` command, the last
+    word naming a tar file: ``pipe:aws s3 cp s3://b/train-000001.tar -`` -> ``train-000001.tar``)."""
+    names = [w.rstrip("/").split("/")[-1] for w in url.removeprefix("pipe:").split()]
+    tars = [n for n in names if n.endswith((".tar", ".tgz", ".tar.gz"))]
+    return tars[-1] if tars else (names[-1] if names else url)
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:

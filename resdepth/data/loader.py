@@ -4,13 +4,20 @@ Training mode (one ``iter()`` = one epoch; the next ``iter()`` is the next epoch
 
 * ``len(stream) = total_samples // (world_size * batch_size)`` on every rank, so ranks never wait
   for each other at the end of an epoch, whatever the shard sizes.
-* Shards are shuffled with ``(seed, epoch)`` and dealt to ranks, then to the rank's workers. Batch
-  ``j`` of a rank comes from worker ``j % W`` (the order in which torch's DataLoader collects
+* An epoch is one pass over the split: the shards, shuffled with ``(seed, epoch)``, make one
+  sequence of samples; rank ``r`` takes its ``len(stream) * batch_size`` consecutive samples of
+  it, and splits them into consecutive slots for its workers (the last fewer than
+  ``world_size * batch_size`` samples wait for a later epoch, when another shard is last). Every
+  sample of the epoch is read once, by one worker of one rank; shard counts come from
+  ``index.json`` (or the tar headers), so a worker reads only the shards that hold its slot.
+* Batch ``j`` of a rank comes from worker ``j % W`` (the order in which torch's DataLoader collects
   results, starting from the batch at ``position``), and worker ``w`` yields exactly the batches
-  ``j = w, w + W, ...``: it reads its shards
-  in a ``(seed, epoch, rank, w, cycle)`` order, as often as it needs to fill its quota, through a
-  shuffle buffer seeded with ``(seed, epoch, rank, w)``. The sequence of batches is therefore a
-  pure function of (seed, epoch, rank, world size, number of workers).
+  ``j = w, w + W, ...`` from its slot, read in a ``(seed, epoch, rank, w)`` order through a
+  shuffle buffer seeded likewise. The sequence of batches is therefore a pure function of
+  (seed, epoch, rank, world size, number of workers).
+* With ``on_error="skip"`` a worker whose slot lost samples refills its last batches with a second
+  pass over its own slot (counted as skips); after ``max_consecutive_skips`` bad samples in a row
+  it stops with an error instead of looping over data that holds no good sample.
 * Resuming at ``position`` batches: worker ``w`` drops the raw samples of its first
   ``ceil((position - w) / W)`` batches after the shuffle buffer, without decoding them.
   Exact continuation needs the same world size and number of workers (and, with
@@ -18,6 +25,9 @@ Training mode (one ``iter()`` = one epoch; the next ``iter()`` is the next epoch
 
 Evaluation mode: shards are dealt to ranks (``urls[rank::world]``) and workers in index order;
 every sample is read exactly once, nothing is padded or repeated, final batches may be short.
+
+An error in a loader worker reaches the caller as a one-line ``DataError`` naming the shard and
+sample, not as the worker's traceback.
 """
 from __future__ import annotations
 
@@ -42,13 +52,11 @@ log = logging.getLogger("resdepth")
 
 def split_urls(root_or_urls: str, split: Optional[str] = None) -> list[str]:
     """Shard URLs: a split directory (``root/split`` when ``split`` is given) gives its shards
-    from ``index.json``; brace patterns (``a/shard-{000000..000009}.tar``) are expanded; ``pipe:``
-    URLs pass through unchanged."""
+    from ``index.json``; brace patterns (``a/shard-{000000..000009}.tar``) are expanded, in
+    ``pipe:`` commands too (``pipe:aws s3 cp s3://b/train-{000000..000099}.tar -``)."""
     src = str(root_or_urls)
-    if src.startswith("pipe:"):
-        return [src]
     path = Path(src) / split if split else Path(src)
-    if path.is_dir():
+    if not src.startswith("pipe:") and path.is_dir():
         return fmt.shard_paths(path)
     import webdataset as wds
 
@@ -91,6 +99,9 @@ def _counts_from_index(urls: list[str], index: Optional[dict]) -> Optional[list[
     return [by_name[n] for n in names]
 
 
+LOGGED_SKIPS = 10  # bad samples logged one by one per worker and epoch; the rest only counted
+
+
 def quota(total: int, w: int, workers: int) -> int:
     """How many of the batch numbers ``0 .. total-1`` are ``w`` modulo ``workers``."""
     return max(0, (total - w + workers - 1) // workers)
@@ -115,22 +126,36 @@ class _Plan:
     norm: DepthNorm
     shuffle_buffer: int
     on_error: str
+    max_consecutive_skips: int = 100
     shapes: Optional[dict] = None
     worker: int = 0
     pending_skips: int = field(default=0, repr=False)
+    logged_skips: int = field(default=0, repr=False)
+    skips_in_row: int = field(default=0, repr=False)
 
-    # ---- which shards ---------------------------------------------------------------------
+    # ---- which samples ------------------------------------------------------------------
     def shards(self) -> list[str]:
-        """This worker's shards (training: shuffled by epoch; evaluation: in order)."""
-        n, slots = len(self.urls), self.world * self.workers
-        if self.mode == "eval":
-            return self.urls[self.rank::self.world][self.worker::self.workers]
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        if n >= slots:
-            picked = order[self.rank::self.world][self.worker::self.workers]
-        else:
-            picked = [order[(self.rank * self.workers + self.worker) % n]]
-        return [self.urls[i] for i in picked]
+        """This worker's shards in evaluation (index order)."""
+        return self.urls[self.rank::self.world][self.worker::self.workers]
+
+    def slot(self) -> tuple[int, int]:
+        """Training: ``[lo, hi)`` of this worker in the epoch's sequence of samples."""
+        before = sum(quota(self.batches, v, self.workers) for v in range(self.worker))
+        lo = (self.rank * self.batches + before) * self.batch_size
+        return lo, lo + quota(self.batches, self.worker, self.workers) * self.batch_size
+
+    def pieces(self) -> list[tuple[str, int, int, int]]:
+        """Training: ``(url, first, stop, count)`` ranges of the shards that make up the slot."""
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
+        lo, hi = self.slot()
+        out, at = [], 0
+        for i in order:
+            n = self.counts[i]
+            first, stop = max(lo, at), min(hi, at + n)
+            if first < stop:
+                out.append((self.urls[i], first - at, stop - at, n))
+            at += n
+        return out
 
     # ---- raw sample streams -------------------------------------------------------------------
     def _raw(self, shards: list[str]) -> Iterator[tuple[str, dict]]:
@@ -141,23 +166,51 @@ class _Plan:
             except fmt.DataError as e:
                 self._bad(str(e) + "; rest of the shard skipped")
 
-    def _cycled(self, shards: list[str]) -> Iterator[tuple[str, dict]]:
-        """The worker's shards over and over, reshuffled every cycle."""
+    def _piece(self, url: str, first: int, stop: int, n: int) -> Iterator[tuple[str, dict]]:
+        """Samples ``[first, stop)`` of a shard said to hold ``n``; a count that disagrees with
+        the shard (a stale index.json) is an error, found by the slot that reads the shard's end."""
+        it = fmt.iter_shard(url)
+        i = 0
+        try:
+            for raw in it:
+                if i >= stop:
+                    if stop == n:
+                        self._bad(f"{fmt.shard_label(url)}: holds more samples than the {n} "
+                                  "index.json counts (a stale index? rerun resdepth-shards stats)")
+                    return
+                if i >= first:
+                    yield url, raw
+                i += 1
+        except fmt.DataError as e:
+            self._bad(str(e) + "; rest of the shard skipped")
+            return
+        finally:
+            it.close()
+        if i < stop:
+            self._bad(f"{fmt.shard_label(url)}: holds {i} samples, index.json counts {n}")
+
+    def _passes(self) -> Iterator[tuple[str, dict]]:
+        """The slot once; again (reshuffled) only while the consumer needs more, which happens
+        only when samples were skipped. Each pass goes through its own shuffle buffer, so one
+        pass never mixes with the next."""
+        pieces = self.pieces()
         for c in count():
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.worker, c])
             got = 0
-            for item in self._raw([shards[i] for i in rng.permutation(len(shards))]):
+            for item in self._shuffled(
+                    (x for i in rng.permutation(len(pieces)) for x in self._piece(*pieces[i])), c):
                 got += 1
                 yield item
             if got == 0:
                 raise fmt.DataError(f"rank {self.rank} worker {self.worker}: shards "
-                                    f"{[fmt.shard_label(u) for u in shards]} hold no readable sample")
+                                    f"{[fmt.shard_label(p[0]) for p in pieces]} hold no readable "
+                                    "sample")
 
-    def _shuffled(self, items: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+    def _shuffled(self, items: Iterator[tuple[str, dict]], cycle: int) -> Iterator[tuple[str, dict]]:
         if self.shuffle_buffer <= 1:
             yield from items
             return
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.worker, 1 << 30])
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.worker, 1 << 30, cycle])
         buf: list = []
         for item in items:
             if len(buf) < self.shuffle_buffer:
@@ -174,7 +227,16 @@ class _Plan:
         if self.on_error == "raise":
             raise fmt.DataError(message)
         self.pending_skips += 1
-        log.warning("skipped bad data: %s", message)
+        self.logged_skips += 1
+        self.skips_in_row += 1
+        if self.max_consecutive_skips and self.skips_in_row >= self.max_consecutive_skips:
+            raise fmt.DataError(f"{self.skips_in_row} bad samples in a row (data."
+                                f"max_consecutive_skips={self.max_consecutive_skips}); the last: "
+                                f"{message}")
+        if self.logged_skips <= LOGGED_SKIPS:
+            more = ("; further skips of this worker are counted, not logged"
+                    if self.logged_skips == LOGGED_SKIPS else "")
+            log.warning("skipped bad data: %s%s", message, more)
 
     def _decode(self, url: str, raw: dict) -> Optional[dict]:
         try:
@@ -182,6 +244,7 @@ class _Plan:
         except fmt.DataError as e:
             self._bad(f"{fmt.shard_label(url)}: sample '{raw.get('__key__', '?')}': {e}")
             return None
+        self.skips_in_row = 0
         if self.shapes is None:  # later samples must match the first
             self.shapes = {k: list(d[k.split('.')[0]].shape) for k in fmt.ARRAY_KEYS}
         return d
@@ -229,7 +292,7 @@ class _Plan:
         done = quota(self.start, self.worker, self.workers)
         if mine <= done:
             return
-        stream = self._shuffled(self._cycled(self.shards()))
+        stream = self._passes()
         drop = done * self.batch_size
         while drop > 0:  # fast-forward: no decoding
             url, raw = next(stream)
@@ -278,7 +341,12 @@ class _WorkerDataset(IterableDataset):
         # The DataLoader asks worker 0 first; batch number `start` belongs to worker start % W.
         if self.plan.mode == "train":
             worker = (worker + self.plan.start) % self.plan.workers
-        return replace(self.plan, worker=worker).run()
+        plan = replace(self.plan, worker=worker)
+        try:
+            yield from plan.run()
+        except fmt.DataError as e:
+            # the reason travels as data: torch would re-raise it wrapped in the worker's traceback
+            yield {"_error": f"loader worker {worker}: {e}", "_skipped": plan.pending_skips}
 
 
 def _init_worker(_: int) -> None:
@@ -298,13 +366,17 @@ class ShardStream:
                  num_workers: int = 0, seed: int = 0, crop: Optional[list[int]] = None,
                  flip: bool = False, norm: DepthNorm = DepthNorm(), shuffle_buffer: int = 256,
                  on_error: str = "raise", rank: Optional[int] = None,
-                 world_size: Optional[int] = None, index: Optional[dict] = None):
+                 world_size: Optional[int] = None, index: Optional[dict] = None,
+                 max_consecutive_skips: int = 100):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error {on_error!r}: expected 'raise' or 'skip'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips must be >= 0, got {max_consecutive_skips}")
+        self.max_consecutive_skips = int(max_consecutive_skips)
         self.urls = split_urls(urls) if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise fmt.DataError("ShardStream: no shard URLs")
@@ -318,7 +390,7 @@ class ShardStream:
         self.counts = _counts_from_index(self.urls, index)
         if self.counts is None and mode == "train":
             self.counts = [count_samples(u) for u in self.urls]
-        self.epoch, self.position, self.skipped = 0, 0, 0
+        self.epoch, self.position, self.skipped, self.total_skipped = 0, 0, 0, 0
         if mode == "train" and len(self) == 0:
             raise fmt.DataError(f"{sum(self.counts)} samples make no batch of {batch_size} per "
                                 f"rank over {self.world_size} ranks")
@@ -348,7 +420,8 @@ class ShardStream:
                      self.rank, self.world_size, self.workers,
                      len(self) if self.mode == "train" else 0,
                      self.position if self.mode == "train" else 0, self.crop, self.flip,
-                     self.norm, self.shuffle_buffer, self.on_error, shapes)
+                     self.norm, self.shuffle_buffer, self.on_error,
+                     self.max_consecutive_skips, shapes)
 
     def _batches(self) -> Iterator[dict]:
         plan = self._plan()
@@ -361,17 +434,27 @@ class ShardStream:
     def __iter__(self) -> Iterator[dict]:
         self.skipped = 0
         for batch in self._batches():
-            self.skipped += batch.pop("_skipped", 0)
+            n = batch.pop("_skipped", 0)
+            self.skipped += n
+            self.total_skipped += n
+            if "_error" in batch:
+                raise fmt.DataError(batch["_error"])
             if "key" not in batch:
                 continue
             if self.mode == "train":
                 self.position += 1
             yield batch
         if self.skipped:
-            log.warning("%s epoch %d: skipped %d bad samples on rank %d", self.mode, self.epoch,
-                        self.skipped, self.rank)
+            log.warning("%s epoch %d: skipped %d bad samples on rank %d (%d since start)",
+                        self.mode, self.epoch, self.skipped, self.rank, self.total_skipped)
         if self.mode == "train":
             self.epoch, self.position = self.epoch + 1, 0
+
+    def log_skip_summary(self) -> None:
+        """Log how many bad samples were skipped since the stream was made (nothing if none)."""
+        if self.total_skipped:
+            log.warning("%s data: skipped %d bad samples on rank %d in all", self.mode,
+                        self.total_skipped, self.rank)
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands: epoch, seed and batches consumed in the epoch."""

@@ -86,13 +86,15 @@ class Trainer:
         self.train_stream = ShardStream(
             self.train_urls, mode="train", batch_size=per_rank, num_workers=cfg.data.num_workers,
             seed=cfg.run.seed, crop=crop, flip=cfg.data.flip, norm=self.norm,
-            shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error, index=self.index)
+            shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error, index=self.index,
+            max_consecutive_skips=cfg.data.max_consecutive_skips)
         self.val_stream = None
         val_src = cfg.data.val_urls or (str(Path(cfg.data.root) / "val") if cfg.data.root else None)
         if cfg.run.val_every > 0 and val_src and (cfg.data.val_urls or Path(val_src).is_dir()):
             self.val_stream = ShardStream(
                 split_urls(val_src, None), mode="eval", batch_size=per_rank, num_workers=0,
                 seed=cfg.run.seed, norm=self.norm, on_error=cfg.data.on_error,
+                max_consecutive_skips=cfg.data.max_consecutive_skips,
                 index=_read_index_or_none(cfg.data.root, "val"))
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
@@ -334,6 +336,7 @@ class Trainer:
             log.info("final parameter checksum %s (rank %d)", self.param_checksum(), dist.rank())
             return 0
         finally:
+            self.train_stream.log_skip_summary()
             monitor.close()
             self.stop.restore()
 

@@ -1,5 +1,6 @@
 """ShardStream: coverage over ranks and workers, equal epoch lengths, exact resume, bad data."""
 import os
+import re
 import socket
 from collections import Counter
 
@@ -164,3 +165,79 @@ def test_two_real_gloo_ranks(synth_root, tmp_path):
     keys = [k for ks, _, _ in gathered for k in ks]
     assert len(keys) == 60 and len(set(keys)) == 60
     assert gathered[0][1] == gathered[1][1] == gathered[0][2] == 60 // 8
+
+
+@pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (1, 2, 4), (2, 2, 5), (2, 3, 3), (2, 2, 4)])
+def test_train_epoch_is_one_pass(synth_root, world, workers, batch):
+    """Every sample of the split once per epoch over all ranks; the remainder (fewer than
+    world * batch samples) waits for another epoch; the next epoch is again one pass."""
+    index = fmt.read_index(synth_root / "train")
+    urls = split_urls(str(synth_root / "train"))
+    streams = [ShardStream(urls, mode="train", batch_size=batch, num_workers=workers, rank=r,
+                           world_size=world, index=index, seed=5) for r in range(world)]
+    for epoch in range(2):
+        seen = [keys_of(s) for s in streams]
+        flat = [k for ks in seen for k in ks]
+        assert [len(ks) for ks in seen] == [len(streams[0]) * batch] * world
+        assert len(flat) == 60 // (world * batch) * world * batch
+        assert len(set(flat)) == len(flat), Counter(flat).most_common(3)
+        if 60 % (world * batch) == 0:
+            assert len(set(flat)) == 60
+
+
+def _all_bad(src, dst):
+    def drop_depth(raw):
+        del raw["depth.npy"]
+        return raw
+
+    _rewrite(src, dst, drop_depth)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_stops_after_consecutive_bad_samples(synth_root, tmp_path, workers, caplog):
+    bad = [tmp_path / f"shard-00000{i}.tar" for i in range(2)]
+    for i, b in enumerate(bad):
+        _all_bad(synth_root / "train" / f"shard-00000{i}.tar", b)
+    s = ShardStream([str(b) for b in bad], batch_size=2, num_workers=workers, on_error="skip",
+                    max_consecutive_skips=25, rank=0, world_size=1)
+    with pytest.raises(fmt.DataError) as e:
+        keys_of(s)
+    msg = str(e.value)
+    assert "25 bad samples in a row (data.max_consecutive_skips=25)" in msg
+    assert "depth.npy missing" in msg and "Traceback" not in msg and "\n" not in msg
+    if workers:
+        assert msg.startswith("loader worker ")
+    else:  # the log shows the first skips, then counts without flooding
+        assert sum("skipped bad data" in r.message for r in caplog.records) == 10
+
+
+def test_worker_error_is_one_line(synth_root, tmp_path):
+    bad = tmp_path / "shard-000000.tar"
+    _all_bad(synth_root / "train" / "shard-000000.tar", bad)
+    s = ShardStream([str(bad), str(synth_root / "train" / "shard-000001.tar")], batch_size=2,
+                    num_workers=2, rank=0, world_size=1)
+    with pytest.raises(fmt.DataError) as e:
+        keys_of(s)
+    assert str(e.value).startswith("loader worker ") and "\n" not in str(e.value)
+    assert re.fullmatch(r"loader worker \d: shard-000000.tar: sample 'train_\d+': depth.npy missing",
+                        str(e.value))
+
+
+def test_train_refuses_a_stale_count(synth_root, tmp_path):
+    index = fmt.read_index(synth_root / "train")
+    index["shards"][3]["nsamples"] -= 2
+    urls = split_urls(str(synth_root / "train"))
+    with pytest.raises(fmt.DataError, match=r"shard-000003.tar: holds more samples than the 7 "
+                                            r"index.json counts"):
+        for _ in range(3):  # the shard is read to its end in one of the first epochs
+            keys_of(ShardStream(urls, batch_size=2, index=index, rank=0, world_size=1))
+
+
+def test_pipe_brace_pattern_is_expanded(synth_root):
+    index = fmt.read_index(synth_root / "train")
+    pattern = "pipe:cat " + str(synth_root / "train" / "shard-{000000..000006}.tar")
+    urls = split_urls(pattern, None)
+    assert len(urls) == 7 and urls[1] == "pipe:cat " + str(synth_root / "train" / "shard-000001.tar")
+    s = ShardStream(urls, batch_size=4, index=index, rank=0, world_size=1, num_workers=2)
+    keys = keys_of(s)
+    assert len(keys) == len(set(keys)) == 60
