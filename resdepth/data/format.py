@@ -59,6 +59,7 @@ INDEX_NAME = "index.json"
 ARRAY_KEYS = ("events.npy", "depth.npy", "mask.npy")
 SAMPLE_KEYS = ARRAY_KEYS + ("meta.json",)
 DTYPES = {"events.npy": "float16", "depth.npy": "float32", "mask.npy": "uint8"}
+F16_MAX = float(np.finfo(np.float16).max)
 INDEX_REQUIRED = ("version", "shards", "num_samples", "shapes", "dtypes", "bins")
 
 
@@ -117,10 +118,26 @@ def make_sample(key: str, events: np.ndarray, depth: np.ndarray, mask: Optional[
     finite = np.isfinite(depth) & (depth > 0)
     valid = finite if mask is None else finite & (np.asarray(mask).reshape(depth.shape) > 0)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
-    ev = np.asarray(events, dtype=np.float16)
+    ev = check_events(key, events, meta)
     return {"__key__": key, "events.npy": npy_bytes(ev), "depth.npy": npy_bytes(depth),
             "mask.npy": npy_bytes(valid.astype(np.uint8)),
             "meta.json": json.dumps(meta, sort_keys=True).encode()}
+
+
+def check_events(key: str, events: np.ndarray, meta: dict) -> np.ndarray:
+    """The voxel grid as float16; refuses NaN or infinite values and values float16 cannot hold
+    (they would be stored as infinity), naming the sample and its source file."""
+    ev = np.asarray(events)
+    where = meta.get("file") or meta.get("sequence") or meta.get("source") or ""
+    label = f"sample {key!r}" + (f" ({where})" if where else "")
+    bad = ~np.isfinite(ev) if ev.dtype.kind == "f" else np.zeros(ev.shape, bool)
+    if bad.any():
+        raise DataError(f"{label}: events hold {int(bad.sum())} NaN or infinite values")
+    peak = float(np.abs(ev).max()) if ev.size else 0.0
+    if peak > F16_MAX:
+        raise DataError(f"{label}: events reach {peak:g}, beyond float16's {F16_MAX:g}; scale them "
+                        "down (the voxel grid is stored as float16)")
+    return ev.astype(np.float16)
 
 
 def all_finite(a: np.ndarray) -> bool:
@@ -153,11 +170,28 @@ def decode_sample(sample: dict[str, Any], shapes: Optional[dict] = None,
         if check_finite and a.dtype.kind == "f" and not all_finite(a):
             raise DataError(f"{name} holds {int((~np.isfinite(a)).sum())} non-finite values")
         out[name.split(".")[0]] = a
+    check_labels(out["depth"], out["mask"])
     try:
         out["meta"] = json.loads(sample["meta.json"])
     except ValueError as e:
         raise DataError(f"meta.json does not parse: {e}") from e
+    if not isinstance(out["meta"], dict):
+        raise DataError(f"meta.json holds a {type(out['meta']).__name__}, not an object")
     return out
+
+
+def check_labels(depth: np.ndarray, mask: np.ndarray) -> None:
+    """Mask values are 0 or 1, and depth where the mask is 1 is finite and positive."""
+    if mask.size and int(mask.max()) > 1:
+        others = np.unique(mask[mask > 1])
+        raise DataError(f"mask.npy holds values other than 0 and 1 ({others[:5].tolist()})")
+    if depth.shape != mask.shape:
+        return  # reported by the shape check against the split's shapes
+    d = depth[mask > 0]
+    bad = ~((d > 0) & np.isfinite(d))
+    if bad.any():
+        raise DataError(f"depth.npy: {int(bad.sum())} pixels with mask 1 have depth that is not "
+                        f"finite and > 0 (e.g. {float(d[bad][0])})")
 
 
 class DepthStats:

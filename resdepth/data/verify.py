@@ -19,6 +19,7 @@ class Report:
     samples: int = 0
     shards: int = 0
     bytes: int = 0
+    keys: dict[str, str] = field(default_factory=dict, repr=False)  # sample key -> shard
 
     @property
     def ok(self) -> bool:
@@ -42,6 +43,11 @@ def verify_shard(split_dir: Path, entry: dict, index: dict, report: Report) -> N
     try:
         for raw in fmt.iter_shard(str(path)):
             n += 1
+            key = raw.get("__key__", "?")
+            if key in report.keys:
+                report.problems.append(f"{name}: sample '{key}': key also in {report.keys[key]} "
+                                       "(evaluation would count it twice)")
+            report.keys.setdefault(key, name)
             try:
                 fmt.decode_sample(raw, index["shapes"])
             except fmt.DataError as e:

@@ -31,12 +31,18 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
     tmp = out_dir / f".{name}.tmp"
     stats = fmt.DepthStats()
     shapes: Optional[dict] = None
+    keys: dict[str, str] = {}
     n = 0
     try:
         with open(tmp, "wb") as f:
             writer = wds.TarWriter(f, encoder=False, mtime=0.0)
             for key, events, depth, mask, meta in source.samples(start, stop):
                 check_frame_size(key, events, depth, meta)
+                where = str(meta.get("file") or meta.get("sequence") or "")
+                if key in keys:
+                    raise fmt.DataError(duplicate_key_message(key, f"{name} ({keys[key]})",
+                                                              f"{name} ({where})"))
+                keys[key] = where
                 shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta)
                 n += 1
             writer.close()
@@ -47,9 +53,17 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
         raise
     record = {"name": name, "nsamples": n, "bytes": tmp.stat().st_size, "sha256": fmt.sha256_file(tmp)}
     fmt.write_json_atomic(out_dir / PARTS / f"{name}.json",
-                          {"record": record, "shapes": shapes, "stats": stats.state()})
+                          {"record": record, "shapes": shapes, "stats": stats.state(),
+                           "keys": list(keys)})
     os.replace(tmp, out_dir / name)
     return record
+
+
+def duplicate_key_message(key: str, first: str, second: str) -> str:
+    """Why two source samples cannot share a key (keys name samples in training and evaluation)."""
+    return (f"sample key {key!r} twice: in {first} and in {second} (file names that differ only in "
+            "characters other than letters, digits, '-' and '_' map to one key, e.g. 'scene.1' "
+            "and 'scene_1'); rename one")
 
 
 def check_frame_size(key: str, events: Any, depth: Any, meta: dict) -> None:
@@ -83,10 +97,11 @@ def _complete(out_dir: Path, i: int, expected: int) -> bool:
         return False
     if (out_dir / PARTS / f"{name}.json").exists():
         return True
-    stats, shapes, n = fmt.DepthStats(), None, 0
+    stats, shapes, n, keys = fmt.DepthStats(), None, 0, []
     try:
         for raw in fmt.iter_shard(str(out_dir / name)):
             d = fmt.decode_sample(raw)
+            keys.append(d["key"])
             stats.add(d["depth"], d["mask"])
             shapes = {k: list(d[k.split(".")[0]].shape) for k in fmt.ARRAY_KEYS}
             n += 1
@@ -98,7 +113,7 @@ def _complete(out_dir: Path, i: int, expected: int) -> bool:
     path = out_dir / name
     record = {"name": name, "nsamples": n, "bytes": path.stat().st_size, "sha256": fmt.sha256_file(path)}
     fmt.write_json_atomic(out_dir / PARTS / f"{name}.json",
-                          {"record": record, "shapes": shapes, "stats": stats.state()})
+                          {"record": record, "shapes": shapes, "stats": stats.state(), "keys": keys})
     return True
 
 
@@ -116,6 +131,22 @@ def _init_worker() -> None:
         pass
 
 
+def param_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every (dotted) parameter that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in param_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def refuse_other_params(out_dir: Path, old: dict, params: dict, what: str) -> None:
+    """--resume continues a run only with the parameters that started it."""
+    changes = param_changes(old, json.loads(json.dumps(params)))
+    if changes:
+        raise fmt.DataError(f"{out_dir}: --resume with other parameters than {what} "
+                            f"({'; '.join(changes)}); use another --out, or the same parameters")
+
+
 def prepare(out_dir: Path, params: dict, resume: bool) -> None:
     """Create the split directory, or check that a resumed run has the same parameters."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,10 +160,7 @@ def prepare(out_dir: Path, params: dict, resume: bool) -> None:
         raise fmt.DataError(f"{out_dir}: holds {len(existing)} shards of an unfinished run; "
                             "pass --resume to continue it or delete the directory")
     if resume and pfile.exists():
-        old = json.loads(pfile.read_text())
-        if old != json.loads(json.dumps(params)):
-            raise fmt.DataError(f"{out_dir}: --resume with other parameters than the interrupted "
-                                f"run ({old} vs {params})")
+        refuse_other_params(out_dir, json.loads(pfile.read_text()), params, "the interrupted run")
     for tmp in out_dir.glob(".shard-*.tmp"):
         tmp.unlink()  # a shard that was being written when the run stopped
     fmt.write_json_atomic(pfile, params)
@@ -148,11 +176,15 @@ def write_split(out_dir: str | os.PathLike, source: Any, per_shard: int, params:
     out_dir = Path(out_dir)
     if per_shard < 1:
         raise ValueError(f"per_shard must be >= 1, got {per_shard}")
-    if resume and (out_dir / fmt.INDEX_NAME).exists():
-        log.info("%s is complete already", out_dir)
-        return fmt.read_index(out_dir)
-    prepare(out_dir, params, resume)
     n = len(source)
+    params = {**params, "samples": n}
+    if resume and (out_dir / fmt.INDEX_NAME).exists():
+        index = fmt.read_index(out_dir)
+        refuse_other_params(out_dir, {**index.get("params", {}), "samples": index["num_samples"]},
+                            params, "the complete split there")
+        log.info("%s is complete already", out_dir)
+        return index
+    prepare(out_dir, params, resume)
     nshards = max(1, math.ceil(n / per_shard))
     done = [i for i in range(nshards) if _complete(out_dir, i, min(n, (i + 1) * per_shard) - i * per_shard)]
     todo = [i for i in range(nshards) if i not in set(done)]
@@ -184,9 +216,15 @@ def write_split(out_dir: str | os.PathLike, source: Any, per_shard: int, params:
 def assemble_index(out_dir: Path, nshards: int, params: dict) -> dict:
     """The index from the per-shard records."""
     records, stats, shapes = [], fmt.DepthStats(), None
+    seen: dict[str, str] = {}
     for i in range(nshards):
         part = json.loads((out_dir / PARTS / f"{fmt.shard_name(i)}.json").read_text())
         records.append(part["record"])
+        for key in part.get("keys", []):
+            if key in seen:
+                raise fmt.DataError(f"{out_dir}: " + duplicate_key_message(
+                    key, seen[key], fmt.shard_name(i)))
+            seen[key] = fmt.shard_name(i)
         stats.merge(fmt.DepthStats.from_state(part["stats"]))
         if part["shapes"] is not None:
             if shapes is not None and part["shapes"] != shapes:

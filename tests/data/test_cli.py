@@ -169,3 +169,98 @@ def test_reshard_stats_inspect(capsys, synth_root, tmp_path):
     assert fmt.read_index(out)["depth_stats"] == pytest.approx(old["depth_stats"])
     code, text = run(capsys, "inspect", str(out), "--png", str(tmp_path / "p.png"))
     assert code == 0 and "val_0000000" in text and (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d, m: (np.where(m > 0, -d, d), m), "pixels with mask 1 have depth that is not finite and > 0 (e.g. -"),
+    (lambda d, m: (np.where(m > 0, np.float32(np.nan), d), m), "non-finite values"),
+    (lambda d, m: (d, m * 2), "mask.npy holds values other than 0 and 1 ([2])"),
+])
+def test_bad_labels_fail_verify_and_training(capsys, split, change, message):
+    def bad(raw):
+        if raw["__key__"] == "val_0000004":
+            d, m = change(fmt.npy_load(raw["depth.npy"]), fmt.npy_load(raw["mask.npy"]))
+            raw["depth.npy"], raw["mask.npy"] = fmt.npy_bytes(d.astype(np.float32)), fmt.npy_bytes(m)
+        return raw
+
+    _rewrite(split, "shard-000000.tar", bad)
+    code, out = run(capsys, "verify", str(split))
+    assert code == 1 and "shard-000000.tar: sample 'val_0000004': " in out and message in out
+    urls = [str(split / "shard-000000.tar"), str(split / "shard-000001.tar")]
+    with pytest.raises(fmt.DataError, match="sample 'val_0000004'"):
+        list(ShardStream(urls, batch_size=2, rank=0, world_size=1))
+    s = ShardStream(urls, batch_size=2, rank=0, world_size=1, on_error="skip")
+    keys = [k for b in s for k in b["key"]]
+    assert "val_0000004" not in keys and s.skipped >= 1
+
+
+def test_verify_meta_not_an_object(capsys, split):
+    def meta(raw):
+        if raw["__key__"] == "val_0000001":
+            raw["meta.json"] = b"null"
+        return raw
+
+    _rewrite(split, "shard-000000.tar", meta)
+    code, out = run(capsys, "verify", str(split))
+    assert code == 1 and "sample 'val_0000001': meta.json holds a NoneType, not an object" in out
+
+
+def test_verify_duplicate_key_across_shards(capsys, split):
+    def rename(raw):
+        if raw["__key__"] == "val_0000010":
+            raw["__key__"] = "val_0000003"
+        return raw
+
+    _rewrite(split, "shard-000001.tar", rename)
+    code, out = run(capsys, "verify", str(split))
+    assert code == 1
+    assert "shard-000001.tar: sample 'val_0000003': key also in shard-000000.tar" in out
+
+
+def _npz_dir(tmp_path, names, events=None):
+    src = tmp_path / "npz"
+    src.mkdir()
+    depth = np.full((6, 8), 5.0, np.float32)
+    for name in names:
+        ev = np.ones((2, 6, 8), np.float32) if events is None else events
+        np.savez(src / f"{name}.npz", events=ev, depth=depth)
+    return src
+
+
+def test_pack_refuses_keys_that_collide(capsys, tmp_path):
+    src = _npz_dir(tmp_path, ["scene.1", "scene_1", "scene_2"])
+    code, out = run(capsys, "pack", "--src", str(src), "--out", str(tmp_path / "out"))
+    assert code == 1
+    assert "sample key 'scene_1' twice: in scene.1.npz and in scene_1.npz" in " ".join(out.split())
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+@pytest.mark.parametrize("value,message", [(np.nan, "events hold 1 NaN or infinite values"),
+                                           (1e5, "events reach 100000, beyond float16's 65504")])
+def test_pack_refuses_events_float16_cannot_hold(capsys, tmp_path, value, message):
+    ev = np.ones((2, 6, 8), np.float32)
+    ev[1, 2, 3] = value
+    src = _npz_dir(tmp_path, ["a"], events=ev)
+    code, out = run(capsys, "pack", "--src", str(src), "--out", str(tmp_path / "out"))
+    out = " ".join(out.split())
+    assert code == 1 and "sample 'a' (a.npz): " + message in out, out
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_synth_resume_refuses_other_parameters(capsys, tmp_path, complete):
+    args = ["synth", "--out", str(tmp_path), "--train", "8", "--val", "0", "--test", "0",
+            "--height", "8", "--width", "8", "--bins", "2", "--per-shard", "4"]
+    assert run(capsys, *args)[0] == 0
+    if not complete:  # what an interrupted run leaves: shards and .parts/params.json, no index
+        index = tmp_path / "train" / "index.json"
+        (tmp_path / "train" / ".parts").mkdir()
+        (tmp_path / "train" / ".parts" / "params.json").write_text(
+            json.dumps(json.loads(index.read_text())["params"]))
+        index.unlink()
+    for extra, change in ((["--seed", "1"], "seed: 0 -> 1"), (["--bins", "3"], "bins: 2 -> 3"),
+                          (["--train", "12"], "samples: 8 -> 12")):
+        argv = args + extra if extra[0] != "--train" else [*args[:4], "12", *args[5:]]
+        code, out = run(capsys, *argv, "--resume")
+        assert code == 1 and change in " ".join(out.split()), out
+    assert run(capsys, *args, "--resume")[0] == 0

@@ -36,6 +36,14 @@ class NpzSource:
             self.files = sorted(str(p) for p in Path(self.src).glob("*.npz"))
         if not self.files:
             raise fmt.DataError(f"{self.src}: no .npz files")
+        first: dict[str, str] = {}
+        for path in self.files:  # refused before anything is written
+            other = first.setdefault(safe_key(Path(path).stem), Path(path).name)
+            if other != Path(path).name:
+                from resdepth.data.writer import duplicate_key_message
+
+                raise fmt.DataError(f"{self.src}: " + duplicate_key_message(
+                    safe_key(Path(path).stem), other, Path(path).name))
 
     def __len__(self) -> int:
         return len(self.files)
