@@ -97,7 +97,21 @@ def _pack_source(a: argparse.Namespace) -> Any:
                          "format (mvsec, dsec, ...), not per-sample .npz files")
     bins = a.bins if fmt_name == "npz" else (a.bins or 5)
     return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,
-                       rectify, a.height, a.width)
+                       rectify, a.height, a.width, _frame_range(a.frames))
+
+
+def _frame_range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """``"A:B"``, ``"A:"`` or ``":B"`` as (A or None, B or None)."""
+    if not text:
+        return None, None
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (int(lo) if lo else None), (int(hi) if hi else None)
+    except ValueError:
+        raise SystemExit(f"resdepth-shards pack: --frames {text!r}: expected START:STOP "
+                         "(depth frame indices, either may be empty)") from None
 
 
 def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
@@ -269,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the last N events before each depth frame")
     s.add_argument("--splat", default="round", choices=("round", "bilinear"),
                    help="rectified (fractional) event positions: nearest pixel or bilinear")
+    s.add_argument("--frames", default=None, metavar="START:STOP",
+                   help="keep depth frames START <= i < STOP of each sequence (negative: from "
+                        "the end; e.g. ':-1000' and '-1000:' hold out a sequence's end)")
     s.add_argument("--no-rectify", action="store_true",
                    help="use raw sensor pixels (no rectification maps)")
     writer_opts(s)

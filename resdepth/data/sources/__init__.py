@@ -66,11 +66,13 @@ def list_sequences(format: str, src: str) -> list[str]:
 def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int = 5,
                 window: Window = Window(), splat: str = "round", camera: str = "left",
                 rectify: bool | str = True, height: Optional[int] = None,
-                width: Optional[int] = None) -> Any:
-    """The packing source of ``sequences`` (``["all"]``: every one under ``src``)."""
+                width: Optional[int] = None,
+                frames: tuple[Optional[int], Optional[int]] = (None, None)) -> Any:
+    """The packing source of ``sequences`` (``["all"]``: every one under ``src``), keeping depth
+    frames ``frames[0] <= i < frames[1]`` of each."""
     if format == "npz":
-        if sequences:
-            raise ValueError("--sequence does not apply to --format npz (pass the directory)")
+        if sequences or frames != (None, None):
+            raise ValueError("--sequence and --frames do not apply to --format npz (pass the directory)")
         return NpzSource(str(src), bins, height, width, splat=splat)
     mod = reader(format)
     names = list(sequences)
@@ -87,5 +89,6 @@ def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int 
         if rectify == "auto" and ev.rectify_map is None and height is None and width is None:
             ev.height, ev.width = depth.height, depth.width  # an older export: raw = depth pixels
         parts.append(LabelledSource(format, ev, depth, bins, window, splat,
-                                    where=f"{format} sequence {ev.sequence} ({src})"))
+                                    where=f"{format} sequence {ev.sequence} ({src})",
+                                    frames=frames))
     return parts[0] if len(parts) == 1 else ConcatSource(parts)

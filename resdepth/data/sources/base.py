@@ -232,13 +232,19 @@ class LabelledSource:
     """
 
     def __init__(self, source: str, events: EventStream, depth: DepthFrames, bins: int = 5,
-                 window: Window = Window(), splat: str = "round", where: str = "") -> None:
+                 window: Window = Window(), splat: str = "round", where: str = "",
+                 frames: tuple[Optional[int], Optional[int]] = (None, None)) -> None:
         if splat not in SPLATS:
             raise ValueError(f"splat must be one of {SPLATS}, got {splat!r}")
         check_same_size(events, depth, where or events.sequence)
         self.source, self.events, self.depth = source, events, depth
         self.bins, self.window, self.splat = int(bins), window, splat
-        self.frames = self._frames()
+        lo, hi = frames  # depth frame range [lo, hi), e.g. to hold out the end of a sequence
+        self.frame_range = [lo, hi]
+        n = len(depth)
+        lo = lo + n if lo is not None and lo < 0 else lo  # negative counts from the end
+        hi = hi + n if hi is not None and hi < 0 else hi
+        self.frames = [i for i in self._frames() if (lo is None or i >= lo) and (hi is None or i < hi)]
 
     def _frames(self) -> list[int]:
         ts = np.asarray(self.depth.timestamps, dtype=np.float64)
@@ -286,7 +292,7 @@ class LabelledSource:
     def sequence_entry(self) -> dict[str, Any]:
         """This sequence's line in ``index.json``'s ``sequences``."""
         return {"name": self.events.sequence, "samples": len(self), **self.events.describe(),
-                "depth_frames": len(self.depth)}
+                "depth_frames": len(self.depth), "frame_range": self.frame_range}
 
 
 class ConcatSource:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from resdepth.data import format as fmt
-from resdepth.data.sources import open_events
+from resdepth.data.sources import FORMATS, open_events
+from shards_tools.cli import FORMATS as CLI_FORMATS
 from shards_tools.cli import main
 from tests.data.sources.fakes import float16_error_ok, voxel_reference, write_mvsec
 
@@ -129,6 +130,11 @@ def test_several_sequences_one_split(capsys, tmp_path):
                                                                         ("outdoor_day2", 3)]
     assert [s["meta"]["sequence"] for s in samples] == ["outdoor_day1"] * 2 + ["outdoor_day2"] * 3
     assert json.loads((out / "index.json").read_text())["params"]["window"] == "depth"
+    val = tmp_path / "val"  # the last depth frames of each sequence, as a held-out split
+    assert run(capsys, "pack", "--format", "mvsec", "--src", root, "--sequence", "outdoor_day2",
+               "--out", val, "--frames", "-1:")[0] == 0
+    assert [s["key"] for s in packed(val)[1]] == ["outdoor_day2_000003"]
+    assert CLI_FORMATS == FORMATS  # --help lists every reader
 
 
 def test_size_mismatch_refused_and_missing_calibration(capsys, tmp_path):
