@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rectified (fractional) event positions: nearest pixel or bilinear")
     s.add_argument("--frames", default=None, metavar="START:STOP",
                    help="keep depth frames START <= i < STOP of each sequence (negative: from "
-                        "the end; e.g. ':-1000' and '-1000:' hold out a sequence's end)")
+                        "the end; e.g. --frames=:-1000 and --frames=-1000: hold out a sequence's end)")
     s.add_argument("--no-rectify", action="store_true",
                    help="use raw sensor pixels (no rectification maps)")
     writer_opts(s)

@@ -132,7 +132,7 @@ def test_several_sequences_one_split(capsys, tmp_path):
     assert json.loads((out / "index.json").read_text())["params"]["window"] == "depth"
     val = tmp_path / "val"  # the last depth frames of each sequence, as a held-out split
     assert run(capsys, "pack", "--format", "mvsec", "--src", root, "--sequence", "outdoor_day2",
-               "--out", val, "--frames", "-1:")[0] == 0
+               "--out", val, "--frames=-1:")[0] == 0
     assert [s["key"] for s in packed(val)[1]] == ["outdoor_day2_000003"]
     assert CLI_FORMATS == FORMATS  # --help lists every reader
 
