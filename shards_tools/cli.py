@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-FORMATS = ("npz", "mvsec", "dsec")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
+FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -95,7 +95,7 @@ def _pack_source(a: argparse.Namespace) -> Any:
     if fmt_name == "npz" and (a.window_ms is not None or a.events_per_sample is not None):
         raise SystemExit("resdepth-shards pack: --window-ms/--events-per-sample need a recording "
                          "format (mvsec, dsec, ...), not per-sample .npz files")
-    bins = a.bins if fmt_name == "npz" else (a.bins or 5)
+    bins = a.bins if fmt_name in ("npz", "dense") else (a.bins or 5)
     return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,
                        rectify, a.height, a.width, _frame_range(a.frames))
 
@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset layout (default: npz for a directory, mvsec for one .hdf5 file)")
     s.add_argument("--src", required=True,
                    help="npz: directory of .npz files; mvsec: folder of <seq>_data.hdf5 and "
-                        "<seq>_gt.hdf5 (or one combined file); dsec: the split root")
+                        "<seq>_gt.hdf5 (or one combined file); dsec: the split root; m3ed: folder "
+                        "of <seq>_data.h5 and <seq>_depth_gt.h5; dense: folder of sequences")
     s.add_argument("--sequence", action="append", default=None,
                    help="sequence to pack (repeatable; 'all' = every one under --src)")
     s.add_argument("--out", required=True, help="split directory to write")

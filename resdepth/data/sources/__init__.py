@@ -31,7 +31,7 @@ __all__ = ["FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream", "L
            "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
            "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
 
-FORMATS = ("npz", "mvsec", "dsec")
+FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")
 
 
 def reader(format: str) -> ModuleType:
@@ -75,6 +75,12 @@ def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int 
             raise ValueError("--sequence and --frames do not apply to --format npz (pass the directory)")
         return NpzSource(str(src), bins, height, width, splat=splat)
     mod = reader(format)
+    if format == "dense":
+        if window != Window() or frames != (None, None):
+            raise ValueError("DENSE ships voxel grids: --window-ms, --events-per-sample and "
+                             "--frames do not apply")
+        parts = mod.pack_parts(src, sequences, bins)
+        return parts[0] if len(parts) == 1 else ConcatSource(parts)
     names = list(sequences)
     if names == ["all"]:
         names = mod.list_sequences(src)

@@ -151,3 +151,55 @@ def write_dsec(root: Path, sequence: str = "zurich_city_00_a", frames: int = 4,
     (cal_dir / "cam_to_cam.yaml").write_text(yaml.safe_dump(calib))
     return {"t_rel": t_rel, "x": x, "y": y, "p": p, "ts_us": ts_us, "disp_raw": pngs,
             "rectify_map": rect, "t_offset": DSEC_T_OFFSET, "q": DSEC_Q}
+
+
+M3ED_HW = (720, 1280)
+
+
+def write_m3ed(root: Path, sequence: str = "car_urban_day_penno_small_loop", frames: int = 3,
+               events_per_frame: int = 5000, seed: int = 0) -> dict:
+    """``<seq>_data.h5`` (/prophesee/left/{x,y,t,p}, calib/resolution) and ``<seq>_depth_gt.h5``
+    (/depth/prophesee/left with inf holes, /ts) under ``root``."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    h, w = M3ED_HW
+    ts = 1_000_000 + 100_000 * np.arange(frames, dtype=np.int64)
+    n = events_per_frame * (frames + 1)
+    t = np.sort(rng.integers(ts[0] - 50_000, ts[-1] + 50_000, n)).astype(np.int64)
+    x, y = rng.integers(0, w, n).astype(np.uint16), rng.integers(0, h, n).astype(np.uint16)
+    p = rng.integers(0, 2, n).astype(np.int8)
+    depth = rng.uniform(1.0, 60.0, (frames, h, w)).astype(np.float32)
+    depth[:, :100] = np.inf  # no lidar return
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / f"{sequence}_data.h5", "w") as f:
+        g = f.create_group("prophesee/left")
+        for k, v in (("x", x), ("y", y), ("t", t), ("p", p)):
+            g.create_dataset(k, data=v, chunks=(min(8192, n),), compression="lzf")
+        g.create_dataset("calib/resolution", data=np.array([w, h]))
+        g.create_dataset("ms_map_idx", data=np.searchsorted(t, np.arange(0, t[-1] // 1000 + 1) * 1000))
+    with h5py.File(root / f"{sequence}_depth_gt.h5", "w") as f:
+        f.create_dataset("depth/prophesee/left", data=depth, chunks=(1, h, w), compression="lzf")
+        f.create_dataset("ts", data=ts)
+        f.create_dataset("ts_map_prophesee_left", data=np.searchsorted(t, ts))
+    return {"x": x, "y": y, "t": t, "p": p, "depth": depth, "ts": ts}
+
+
+def write_dense(root: Path, sequence: str = "sequence_0", frames: int = 3, bins: int = 5,
+                seed: int = 0, hw: tuple = MVSEC_HW) -> dict:
+    """One DENSE sequence folder: events/voxels/event_tensor_*.npy and depth/data/depth_*.npy
+    with their "index time" timestamp files."""
+    rng = np.random.default_rng(seed)
+    seq = root / sequence
+    ev_dir, d_dir = seq / "events" / "voxels", seq / "depth" / "data"
+    ev_dir.mkdir(parents=True)
+    d_dir.mkdir(parents=True)
+    ts = 0.05 * np.arange(frames) + 0.0123
+    vox = rng.normal(0, 1, (frames, bins, *hw)).astype(np.float32)
+    depth = rng.uniform(2, 900, (frames, *hw)).astype(np.float32)  # CARLA sky ~1000 m
+    for i in range(frames):
+        np.save(ev_dir / f"event_tensor_{i:010d}.npy", vox[i])
+        np.save(d_dir / f"depth_{i:010d}.npy", depth[i])
+    for d in (ev_dir, d_dir):
+        np.savetxt(d / "timestamps.txt", np.stack([np.arange(frames), ts], 1), fmt=["%d", "%.6f"])
+    return {"voxels": vox, "depth": depth, "ts": ts}
