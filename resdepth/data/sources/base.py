@@ -49,9 +49,6 @@ class Events(NamedTuple):
     t: np.ndarray
     p: np.ndarray
 
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self.t)
-
 
 class EventStream(ABC):
     """One recording's events (see the module docstring). Subclasses implement ``__len__``,
@@ -281,7 +278,7 @@ class LabelledSource:
             grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, self.events.height,
                                    self.events.width, t0, t1, splat=self.splat)
             meta = {"source": self.source, "sequence": seq, "t_start": t0, "t_end": t1,
-                    "frame": int(i), "num_events": int(len(ev)), **self.depth.frame_meta(i)}
+                    "frame": int(i), "num_events": int(len(ev.t)), **self.depth.frame_meta(i)}
             yield f"{safe_key(seq)}_{i:06d}", grid, self.depth.depth(i), None, meta
 
     def describe(self) -> dict[str, Any]:

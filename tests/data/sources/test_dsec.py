@@ -78,7 +78,7 @@ def test_dsec_all_sequences_window_ms_and_size_mismatch(capsys, tmp_path):
     write_dsec(root, "interlaken_00_c", frames=3, events_per_frame=2000, seed=2)
     out = tmp_path / "all"
     code, text = run(capsys, "pack", "--format", "dsec", "--src", root, "--sequence", "all",
-                     "--out", out, "--window-ms", 50)
+                     "--out", out, "--window-ms", 50, "--per-shard", 2, "--workers", 2)
     assert code == 0, text
     index, samples = packed(out)
     assert [s["name"] for s in index["sequences"]] == ["interlaken_00_c", "zurich_city_00_a"]

@@ -123,7 +123,7 @@ def test_several_sequences_one_split(capsys, tmp_path):
     write_mvsec(root, "outdoor_day2", frames=4, events_per_frame=2000, seed=2)
     out = tmp_path / "train"
     code, text = run(capsys, "pack", "--format", "mvsec", "--src", root, "--sequence", "all",
-                     "--out", out, "--per-shard", 2)
+                     "--out", out, "--per-shard", 2, "--workers", 2)  # readers cross processes
     assert code == 0, text
     index, samples = packed(out)
     assert [(s["name"], s["samples"]) for s in index["sequences"]] == [("outdoor_day1", 2),
