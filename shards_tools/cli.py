@@ -272,9 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     size = s.add_mutually_exclusive_group()
     size.add_argument("--per-shard", type=int, default=64, help="samples per shard")
     size.add_argument("--max-shard-mb", type=float, default=None, help="shard size limit in MB")
-    s.add_argument("--bins", type=int, default=None, help="time bins for raw events (default 5 for HDF5)")
-    s.add_argument("--height", type=int, default=None, help="frame height for raw events (default: depth's)")
-    s.add_argument("--width", type=int, default=None, help="frame width for raw events (default: depth's)")
+    s.add_argument("--bins", type=int, default=None,
+                   help="time bins of the voxel grid (default 5 for recordings; required for raw "
+                        "npz events; dense: the files')")
+    s.add_argument("--height", type=int, default=None,
+                   help="frame height (default: npz: the depth's; recordings: their (rectified) frame)")
+    s.add_argument("--width", type=int, default=None, help="frame width (default: as --height)")
     s.add_argument("--camera", default="left", help="camera (left or right)")
     win = s.add_mutually_exclusive_group()
     win.add_argument("--window-ms", type=float, default=None,
