@@ -16,7 +16,8 @@ member             type                      meaning
                                              invalid; never NaN or inf
 ``mask.npy``       uint8 ``[1, H, W]``       1 where the depth is valid, else 0
 ``meta.json``      JSON object               ``source``, ``sequence``, ``t_start``, ``t_end``
-                                             (seconds) and optional ``intrinsics``
+                                             (seconds), from recordings ``frame`` and
+                                             ``num_events``, optional ``intrinsics``
                                              ``{"fx", "fy", "cx", "cy"}``
 =================  ========================  ===================================================
 
@@ -30,6 +31,7 @@ member             type                      meaning
      "dtypes": {"events.npy": "float16", "depth.npy": "float32", "mask.npy": "uint8"},
      "bins": B, "height": H, "width": W,
      "depth_stats": {"min", "max", "mean", "p2", "p98", "valid_fraction"},   # valid pixels only
+     "sequences": [{"name", "samples", ...}, ...],   # the packed recordings ([] for synthetic)
      "params": {...}}                 # the command and parameters that created the split
 
 Percentiles come from a log-spaced histogram (0.1 % relative resolution); min, max and mean are
