@@ -36,10 +36,16 @@ def cli(argv: list[str] | None = None) -> None:
 
     from resdepth.train.checkpoint import CheckpointError
     from resdepth.train.loop import NonFiniteError
+    from resdepth.train.rundir import RunDirError
     from resdepth.utils.cli import run_reporting_errors, user_errors
 
-    sys.exit(run_reporting_errors("resdepth-train", lambda: main(cfg, dry_run=args.dry_run),
-                                  user_errors(CheckpointError, NonFiniteError)))
+    try:
+        sys.exit(run_reporting_errors("resdepth-train", lambda: main(cfg, dry_run=args.dry_run),
+                                      user_errors(CheckpointError, NonFiniteError, RunDirError)))
+    except KeyboardInterrupt:
+        print("resdepth-train: aborted by a second Ctrl-C; the newest complete checkpoint in "
+              f"{cfg.run.dir}/checkpoints is where a restart resumes", file=sys.stderr)
+        sys.exit(130)
 
 if __name__ == "__main__":
     cli()

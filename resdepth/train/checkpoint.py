@@ -152,6 +152,19 @@ class Checkpointer:
         for stale in self.root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def set_aside(self, path: Path) -> Path:
+        """Collective: rename a damaged checkpoint to ``step-N.damaged[-K]`` so it is neither
+        resumed nor counted by ``keep_last``, yet kept for inspection; returns the new name."""
+        n, target = 0, path.with_name(path.name + ".damaged")
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.damaged-{n}")
+        dist.barrier()
+        if dist.is_main():
+            os.replace(path, target)
+        dist.barrier()
+        return target
+
     # ---- loading -------------------------------------------------------------------------
     @staticmethod
     def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], Optional[dict[str, Any]]]:
@@ -160,7 +173,10 @@ class Checkpointer:
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise CheckpointError(f"{path}: incomplete checkpoint (no meta.json); refusing to load it")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
         shared = safe_load(path / "train_state.pt")
         rank_file = path / f"rank-{dist.rank():05d}.pt"
         per_rank = None

@@ -23,10 +23,11 @@ from resdepth import dist
 from resdepth.config import config_hash, to_yaml
 from resdepth.config.schema import Config
 from resdepth.models.build import arch_spec, build_net
-from resdepth.train.checkpoint import Checkpointer, rng_state, set_rng_state
+from resdepth.train.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
 from resdepth.train.engine import autocast_ctx, make_engine
 from resdepth.train.monitor import Monitor
 from resdepth.train.optim import EMA, lr_at
+from resdepth.train.rundir import claim_run_dir, write_stop_marker
 from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.stage import build_loss, load_regression_net, predict_panels
 from resdepth.utils.logging import setup_logging
@@ -124,13 +125,10 @@ class Trainer:
     # ---- resume --------------------------------------------------------------------------
     def resume(self) -> Optional[Path]:
         """Load the checkpoint ``trainer.resume`` names; returns its path or None."""
-        mode = self.cfg.trainer.resume
-        if mode == "never":
+        found = self.load_resume_checkpoint()
+        if found is None:
             return None
-        path = self.checkpointer.latest() if mode == "auto" else Path(mode)
-        if path is None:
-            return None
-        meta, shared, per_rank = Checkpointer.load(path)
+        path, (meta, shared, per_rank) = found
         if meta.get("spec") != self.spec:
             from resdepth.models.build import check_same_arch
             check_same_arch(meta.get("spec", {}), self.spec, str(path))
@@ -161,6 +159,42 @@ class Trainer:
             self.train_stream.load_state_dict({**shared["data0"], "position": 0})
         log.info("resumed from %s at step %d (%d images seen)", path, self.step, self.images_seen)
         return path
+
+    def load_resume_checkpoint(self) -> Optional[tuple[Path, tuple]]:
+        """(path, ``Checkpointer.load`` result) of the checkpoint to resume from, or None.
+
+        With ``resume=auto`` a damaged newest checkpoint (a truncated or unreadable file on any
+        rank) is set aside with a warning naming it, and the previous complete one is tried."""
+        mode = self.cfg.trainer.resume
+        if mode == "never":
+            return None
+        if mode != "auto":
+            path = Path(mode)
+            if not (path / "meta.json").is_file():
+                what = "no such directory" if not path.exists() else "no meta.json in it"
+                raise CheckpointError(f"trainer.resume={mode}: {what}; name a checkpoint directory "
+                                      "(RUN/checkpoints/step-NNNNNNN) or use auto or never")
+            return path, Checkpointer.load(path)
+        damaged = []
+        for path in reversed(self.checkpointer.complete()):
+            try:
+                loaded, error = Checkpointer.load(path), None
+            except CheckpointError as e:
+                loaded, error = None, str(e)
+            if not dist.any_rank(error is not None):
+                if damaged:
+                    log.warning("resuming from %s, the newest complete checkpoint that loads; "
+                                "damaged and set aside: %s", path, ", ".join(damaged))
+                return path, loaded
+            reason = error or "a file of another rank cannot be loaded"
+            log.warning("checkpoint %s is damaged (%s); falling back to the previous one", path, reason)
+            damaged.append(str(self.checkpointer.set_aside(path)))
+        if damaged:
+            raise CheckpointError(f"every checkpoint in {self.checkpointer.root} is damaged (set aside: "
+                                  f"{', '.join(damaged)}); resume one by hand with trainer.resume=PATH "
+                                  "after repairing it, or start over with trainer.resume=never "
+                                  "run.overwrite=true")
+        return None
 
     def save(self) -> Path:
         shared = {"model": self.engine.module.state_dict(), "engine": self.engine.state_dict(),
@@ -358,8 +392,11 @@ class Trainer:
         stop, due = flags[0] > 0, flags[1] > 0
         step_due = tc.ckpt_every_steps > 0 and self.step % tc.ckpt_every_steps == 0
         if stop or due or step_due:
-            self.save()
+            path = self.save()
         if stop:
+            if dist.is_main():
+                write_stop_marker(self.run_dir, self.step, self.stop.signal_name or "on another rank",
+                                  path, REQUEUE_EXIT_CODE)
             log.warning("stop signal (%s) at step %d: checkpoint saved, exiting with status %d "
                         "(requeue)", self.stop.signal_name or "on another rank", self.step,
                         REQUEUE_EXIT_CODE)
@@ -393,10 +430,16 @@ def write_run_config(cfg: Config) -> None:
 
 def main(cfg: Config, dry_run: bool = False) -> int:
     """Train as configured; 0 when done, ``REQUEUE_EXIT_CODE`` after saving on a stop signal."""
-    setup_logging(Path(cfg.run.dir), dist.detect_env().rank)
+    rank = dist.detect_env().rank
+    setup_logging(None, rank)  # console only until the run directory is this run's
     dist.init()
     ok = False
+    lock = None
     try:
+        lock = claim_run_dir(Path(cfg.run.dir), cfg.trainer.resume, cfg.run.overwrite)
+        setup_logging(Path(cfg.run.dir), rank)
+        if lock is not None:
+            lock.report()
         write_run_config(cfg)
         trainer = Trainer(cfg, dry_run=dry_run)
         if dry_run:
@@ -415,3 +458,5 @@ def main(cfg: Config, dry_run: bool = False) -> int:
             dist.shutdown()
         elif dist.is_dist():
             torch.distributed.destroy_process_group()
+        if lock is not None:
+            lock.release()
