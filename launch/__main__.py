@@ -52,6 +52,10 @@ def _resources(args: argparse.Namespace):
         partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
         constraint=args.constraint, exclude=args.exclude, signal_delay_s=args.signal_delay_s)
     max_requeue = args.max_requeue if args.max_requeue is not None else profile.max_requeue
+    if max_requeue < 0:
+        raise ConfigError(f"--max-requeue {max_requeue} (profile key max_requeue): must be >= 0")
+    if getattr(args, "array", 1) < 1:
+        raise ConfigError(f"--array {args.array}: must be >= 1")
     return res, max_requeue
 
 
@@ -112,9 +116,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launch.status import render
+    from launch import records
+    from launch.status import render, render_run
 
-    render(Path(args.dir))
+    path = Path(args.dir)
+    if not (path / records.PIPELINE_FILE).exists() and not (path / records.JOBS_FILE).exists() \
+            and (path / "config.yaml").exists():
+        return render_run(path)  # a run started by hand or by torchrun
+    render(path)
     return 0
 
 
@@ -166,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_args(p)
     p.set_defaults(func=cmd_eval)
 
-    for name, func, doc in (("status", cmd_status, "table of jobs, states, requeues, checkpoints, logs"),
+    for name, func, doc in (("status", cmd_status, "table of jobs, states, requeues, checkpoints, logs "
+                                                   "(a run without launcher records, e.g. from torchrun: "
+                                                   "one line, exit status 0 finished, 3 saved on a stop signal, "
+                                                   "1 otherwise)"),
                             ("cancel", cmd_cancel, "scancel every job of a run or pipeline")):
         p = sub.add_parser(name, help=doc)
         p.add_argument("dir", help="run directory or pipeline root")

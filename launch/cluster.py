@@ -93,7 +93,26 @@ class Resources:
         fields = {f.name for f in dataclasses.fields(cls)}
         base = {k: v for k, v in dataclasses.asdict(profile).items() if k in fields}
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        res = cls(**base)
+        problems = res.check()
+        if problems:
+            raise ConfigError("invalid job resources:\n  " + "\n  ".join(problems))
+        return res
+
+    def check(self) -> list[str]:
+        """Every request Slurm would reject or misread, as ``--flag VALUE: problem``."""
+        out = []
+        for name, low in (("nodes", 1), ("gpus_per_node", 0), ("tasks_per_node", 1),
+                          ("cpus_per_task", 1), ("mem_gb", 0), ("time_min", 1), ("signal_delay_s", 0)):
+            value = getattr(self, name)
+            if value < low:
+                flag = "--time" if name == "time_min" else "--" + name.replace("_", "-")
+                key = f" (or profile key {name})" if name in ClusterProfile.__dataclass_fields__ else ""
+                out.append(f"{flag} {value}{key}: must be >= {low}")
+        if self.signal_delay_s >= 60 * self.time_min > 0:
+            out.append(f"--signal-delay {self.signal_delay_s}: must be shorter than --time "
+                       f"{self.time_min} minutes, or USR2 comes before the job starts working")
+        return out
 
     @property
     def ntasks_per_node(self) -> int:

@@ -18,6 +18,7 @@ Requeue, exactly (see also docs in ``launch/__main__.py --help``):
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -73,6 +74,16 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         return main
 
+    def continued_config(self) -> Any:
+        """The config of a requeued incarnation: it continues what the first one started, so
+        ``trainer.resume=never`` (which refuses or moves aside an existing run) becomes auto."""
+        if getattr(getattr(self.cfg, "trainer", None), "resume", "auto") != "never":
+            return self.cfg
+        cfg = copy.deepcopy(self.cfg)
+        cfg.trainer.resume = "auto"
+        cfg.run.overwrite = False
+        return cfg
+
     def restarts(self, env: submitit.JobEnvironment) -> int:
         """How often this job was requeued: Slurm counts every cause (signal, scontrol, node failure)."""
         if "SLURM_RESTART_COUNT" in os.environ:
@@ -87,10 +98,12 @@ class TrainJob(submitit.helpers.Checkpointable):
             records.log_event(self.run_dir, "start", job_id=str(env.job_id), restart=restarts,
                               tasks=env.num_tasks, host=env.hostname)
         main = self._main()
-        code = main(self.cfg)
+        cfg = self.cfg if restarts == 0 else self.continued_config()
+        code = main(cfg)
         while code == _requeue_exit_code() and env.cluster == "debug":
             # in-process executor: nothing to requeue, so resume in place
-            code = main(self.cfg)
+            cfg = self.continued_config()
+            code = main(cfg)
         if code == 0:
             if env.global_rank == 0:
                 records.log_event(self.run_dir, "done", job_id=str(env.job_id), restart=restarts)

@@ -1,6 +1,7 @@
 """``status`` and ``cancel`` of a run or pipeline directory, from its records and sacct/squeue."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ def collect(path: Path) -> list[JobRow]:
         r.requeues = max(r.requeues, sum(1 for e in events if e["event"] == "requeue"))
         if any(e["event"] == "requeue_limit" for e in events):
             r.note = "stopped: requeue limit reached"
+        elif (marker := records.stop_marker(r.dir)) and r.state != "COMPLETED":
+            r.note = f"saved on {marker.get('signal')} at step {marker.get('step')}"
         r.step = records.newest_checkpoint_step(r.dir)
         r.last_log = _last_log(r, folders.get(r.job_id.split("_")[0]))
         by_stage.setdefault(r.stage, []).append(r)
@@ -122,6 +125,29 @@ def collect(path: Path) -> list[JobRow]:
         if bad and not r.started and (r.state in NEVER_RAN or "Dependency" in r.reason):
             r.note = f"never ran: {r.depends_on} job {bad[0].job_id} {bad[0].state}"
     return rows
+
+
+def render_run(path: Path) -> int:
+    """A run started by hand or by torchrun (no launcher records): one line, and the exit status
+    the trainer had: 0 finished, 3 saved on a stop signal (torchrun reports both failures and
+    such saves as 1), 1 otherwise (failed, killed or still running)."""
+    import yaml
+
+    marker = records.stop_marker(path)
+    if marker:
+        print(f"{path}: saved on {marker.get('signal')} at step {marker.get('step')} "
+              f"({marker.get('checkpoint')}); exit status {marker.get('exit_code')}: not a failure, "
+              "rerun the same command to continue")
+        return int(marker.get("exit_code", 3))
+    export = Path(path) / "export" / "model.json"
+    wanted = (yaml.safe_load((Path(path) / "config.yaml").read_text()) or {}) \
+        .get("trainer", {}).get("max_steps")
+    if export.exists() and json.loads(export.read_text()).get("step") == wanted:
+        print(f"{path}: finished at step {wanted}")
+        return 0
+    print(f"{path}: not finished (failed, killed or still running); newest checkpoint step "
+          f"{records.newest_checkpoint_step(path)}; see {path}/log-rank0.txt")
+    return 1
 
 
 def render(path: Path) -> None:

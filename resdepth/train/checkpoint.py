@@ -8,6 +8,7 @@ read back with ``torch.load(weights_only=True)``: no arbitrary pickle is ever ex
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -120,29 +121,57 @@ class Checkpointer:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         dist.barrier()
-        torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
-        if engine_save is not None:
-            engine_save(tmp)
+        failure = None
+        try:
+            torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
+            if engine_save is not None:
+                engine_save(tmp)
+        except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer hides the errno
+            failure = e
         fault = os.environ.get(FAULT_DELAY_ENV)
         if fault:
             from_step, seconds = fault.split(":")
             if step >= int(from_step):
                 time.sleep(float(seconds))
-        dist.barrier()
+        self._all_saved(failure, step, tmp)
         if dist.is_main():
-            torch.save(shared, tmp / "train_state.pt")
-            _fsync_tree(tmp)
-            write_json_atomic(tmp / "meta.json", {**meta, "step": step,
-                                                  "world_size": dist.world_size(),
-                                                  "saved_at": time.time()}, default=str)
-            if final.exists():  # a re-save of the same step (e.g. final save after a periodic one)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
+            try:
+                torch.save(shared, tmp / "train_state.pt")
+                _fsync_tree(tmp)
+                write_json_atomic(tmp / "meta.json", {**meta, "step": step,
+                                                      "world_size": dist.world_size(),
+                                                      "saved_at": time.time()}, default=str)
+                if final.exists():  # a re-save of the same step (e.g. final save after a periodic one)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(self.root)
+            except (OSError, RuntimeError) as e:
+                failure = e
+        self._all_saved(failure, step, tmp)
+        if dist.is_main():
             self.prune()
             log.info("checkpoint saved: %s", final)
         dist.barrier()
         return final
+
+    def _all_saved(self, failure: Optional[BaseException], step: int, tmp: Path) -> None:
+        """Collective: when a write failed on any rank, remove the partial checkpoint and raise
+        ``CheckpointError`` on every rank, saying whether the disk is full; older ones stay."""
+        if not dist.any_rank(failure is not None):
+            return
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        free_mb = shutil.disk_usage(self.root).free / 2**20
+        full = failure is not None and (
+            getattr(failure, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in str(failure) or free_mb < 1)
+        what = "the disk is full (No space left on device)" if full else \
+            (f"{type(failure).__name__}: {failure}" if failure is not None else "it failed on another rank")
+        kept = ", ".join(p.name for p in self.complete()) or "none"
+        raise CheckpointError(f"step {step}: saving the checkpoint to {self.root} failed: {what}; "
+                              f"{free_mb:.0f} MiB free there. The partial checkpoint was removed; "
+                              f"older checkpoints are kept ({kept}). Free space and restart: "
+                              "trainer.resume=auto continues from the newest of them")
 
     def prune(self) -> None:
         """Keep the newest ``keep_last`` complete checkpoints; drop stale temporary directories."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import logging.handlers
 import math
 import os
 import signal
@@ -431,13 +432,24 @@ def write_run_config(cfg: Config) -> None:
 def main(cfg: Config, dry_run: bool = False) -> int:
     """Train as configured; 0 when done, ``REQUEUE_EXIT_CODE`` after saving on a stop signal."""
     rank = dist.detect_env().rank
-    setup_logging(None, rank)  # console only until the run directory is this run's
+    # Console only until the run directory is this run's (an old run's logs may be moved aside);
+    # what is logged before goes into the log file afterwards.
+    setup_logging(None, rank)
+    early = logging.handlers.BufferingHandler(10_000)
+    log.addHandler(early)
     dist.init()
     ok = False
     lock = None
     try:
-        lock = claim_run_dir(Path(cfg.run.dir), cfg.trainer.resume, cfg.run.overwrite)
+        try:
+            lock = claim_run_dir(Path(cfg.run.dir), cfg.trainer.resume, cfg.run.overwrite)
+        finally:
+            log.removeHandler(early)
         setup_logging(Path(cfg.run.dir), rank)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                for record in early.buffer:
+                    handler.handle(record)
         if lock is not None:
             lock.report()
         write_run_config(cfg)

@@ -27,6 +27,11 @@ def test_ddp_two_ranks_exact_resume(tiny_shards, tmp_path):
     first = train(args(tiny_shards, cut, *common), nproc=2,
                   env=child_env(RESDEPTH_FAULT_SIGNAL_AT_STEP="10"), check=False)
     assert first.returncode != 0
+    # torchrun shows the ranks' status 3 as a failure; stopped.json and `status` tell the truth.
+    status = subprocess.run([sys.executable, "-m", "launch", "status", str(cut)], env=child_env(),
+                            capture_output=True, text=True)
+    assert status.returncode == REQUEUE_EXIT_CODE, status.stdout + status.stderr
+    assert "saved on SIGUSR2 at step 10" in status.stdout
     assert f"exiting with status {REQUEUE_EXIT_CODE}" in (cut / "log-rank0.txt").read_text()
     assert f"exiting with status {REQUEUE_EXIT_CODE}" in (cut / "log-rank1.txt").read_text()
     ckpt = cut / "checkpoints" / "step-0000010"

@@ -150,3 +150,47 @@ def test_ctrl_c_saves_and_exits_3_a_second_one_aborts(tiny_shards, tmp_path):
     assert "aborted by a second Ctrl-C" in err and "Traceback" not in err
     assert not (run / "stopped.json").exists()
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == [Path(marker["checkpoint"]).name]
+
+
+FULL_DISK_AT_STEP_10 = """
+import errno, sys, torch
+real_save = torch.save
+def save(obj, f, *a, **k):
+    if "step-0000010" in str(f) and str(f).endswith("train_state.pt"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real_save(obj, f, *a, **k)
+torch.save = save
+from resdepth.train.__main__ import cli
+cli(sys.argv[1:])
+"""
+
+
+def test_disk_full_during_a_save_says_so_and_keeps_older_checkpoints(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_AT_STEP_10,
+                           *args(tiny_shards, run, "trainer.max_steps=10", "trainer.ckpt_every_steps=5")],
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (f"step 10: saving the checkpoint to {run / 'checkpoints'} failed: the disk is full "
+            "(No space left on device)") in proc.stderr
+    assert "older checkpoints are kept (step-0000005)" in proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000005"]
+
+
+@pytest.mark.dist
+def test_two_rank_job_on_a_locked_run_dir_stops_on_every_rank(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / "run.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "job_id": "4242"}).encode())
+    try:
+        proc = train(args(tiny_shards, run, "trainer.max_steps=2", "trainer.batch_size=8"), nproc=2,
+                     check=False, timeout=240)
+    finally:
+        os.close(fd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"is in use by another trainer: pid {os.getpid()} on host {socket.gethostname()}, Slurm job 4242" in out
+    assert "rank 0 could not claim run.dir" in out  # rank 1 stops too, without waiting for a timeout
+    assert not (run / "checkpoints").exists()
