@@ -283,17 +283,48 @@ def read_index(split_dir: str | os.PathLike) -> dict:
         index = json.loads(path.read_text())
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
-    missing = [k for k in INDEX_REQUIRED if k not in index]
-    if missing:
-        raise DataError(f"{path}: lacks {', '.join(missing)}")
+    problem = index_problem(index)
+    if problem:
+        raise DataError(f"{path}: {problem} (restore the file or repack the split)")
     if index["version"] > FORMAT_VERSION:
         raise DataError(f"{path}: format version {index['version']} is newer than this "
                         f"resdepth reads ({FORMAT_VERSION})")
+    return index
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def index_problem(index: Any) -> Optional[str]:
+    """What makes a parsed ``index.json`` unusable (wrong types, missing keys), or None."""
+    if not isinstance(index, dict):
+        return f"holds a JSON {type(index).__name__}, not an object"
+    missing = [k for k in INDEX_REQUIRED if k not in index]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("version", "num_samples", "bins"):
+        if not _is_int(index[key]) or index[key] < 0:
+            return f"{key} is {index[key]!r}, not a non-negative integer"
+    if not isinstance(index["shards"], list):
+        return f"shards is a {type(index['shards']).__name__}, not a list"
     for i, s in enumerate(index["shards"]):
+        if not isinstance(s, dict):
+            return f"shards[{i}] is {s!r}, not an object"
         lack = [k for k in ("name", "nsamples") if k not in s]
         if lack:
-            raise DataError(f"{path}: shards[{i}] lacks {', '.join(lack)}")
-    return index
+            return f"shards[{i}] lacks {', '.join(lack)}"
+        if not isinstance(s["name"], str) or not _is_int(s["nsamples"]) or s["nsamples"] < 0:
+            return f"shards[{i}] has name {s['name']!r} and nsamples {s['nsamples']!r}"
+    shapes = index["shapes"]
+    if not isinstance(shapes, dict):
+        return f"shapes is {shapes!r}, not an object"
+    for key, rank in zip(ARRAY_KEYS, (3, 3, 3)):
+        shape = shapes.get(key)
+        if not (isinstance(shape, list) and len(shape) == rank
+                and all(_is_int(v) and v > 0 for v in shape)):
+            return f"shapes[{key!r}] is {shape!r}, not a list of {rank} positive integers"
+    return None
 
 
 def shard_paths(split_dir: str | os.PathLike, index: Optional[dict] = None) -> list[str]:

@@ -5,6 +5,7 @@ learnt nothing from the events. Computed once per output directory and cached as
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -15,6 +16,7 @@ import torch
 from resdepth import dist
 from resdepth.eval.config import EvalConfig
 from resdepth.eval.parts import save_npy_atomic
+from resdepth.utils.atomic import write_json_atomic
 
 log = logging.getLogger("resdepth")
 
@@ -64,8 +66,25 @@ def accumulate(urls: list[str], shape: tuple[int, int]) -> tuple[np.ndarray, np.
     return s, c
 
 
+def baseline_identity(train: Path) -> list:
+    """What names the baseline's training split in the settings hash and next to the cache: each
+    shard's name, count and checksum (so another split, or a rewritten one, differs); a shard
+    without a checksum in the index is named by its resolved path, size and modification time."""
+    from resdepth.data import format as fmt
+
+    def shard(s: dict) -> list:
+        if s.get("sha256"):
+            return [s["name"], s["nsamples"], s["sha256"]]
+        path = (Path(train) / s["name"]).resolve()
+        st = path.stat()
+        return [str(path), s["nsamples"], st.st_size, st.st_mtime_ns]
+
+    return [shard(s) for s in fmt.read_index(train)["shards"]]
+
+
 def load_or_compute(cfg: EvalConfig, out: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
-    """The cached baseline ``[H, W]``, computing it (split across this world's ranks) when absent.
+    """The cached baseline ``[H, W]``, computing it (split across this world's ranks) when absent
+    or cached from another training split (``baseline.json`` names the split it came from).
 
     Collective: every rank of the world calls it. Concurrent array tasks may each compute it;
     the atomic rename makes that harmless.
@@ -76,7 +95,16 @@ def load_or_compute(cfg: EvalConfig, out: Path, shape: tuple[int, int]) -> Optio
     if train is None:
         return None
     path = Path(out) / CACHE
-    if not path.exists():
+    ident_path = path.with_suffix(".json")
+    ident = {"train": str(train), "identity": baseline_identity(train)}
+    try:
+        cached = json.loads(ident_path.read_text())["identity"] == ident["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        cached = False
+    if not (cached and path.exists()):
+        if path.exists():
+            log.warning("%s was computed from another training split than %s: recomputing",
+                        path, train)
         shards, _ = split_shards(str(train))
         mine = [u for u, _ in shards][dist.rank()::dist.world_size()]
         s, c = accumulate(mine, shape)
@@ -84,6 +112,7 @@ def load_or_compute(cfg: EvalConfig, out: Path, shape: tuple[int, int]) -> Optio
         dist.all_reduce_sum(sums)
         if dist.is_main():
             save_npy_atomic(path, per_pixel_mean(sums[0].numpy(), sums[1].numpy()))
+            write_json_atomic(ident_path, ident)
             log.info("per-pixel mean-depth baseline from %d training shards of %s cached in %s",
                      len(shards), train, path)
         dist.barrier()

@@ -36,12 +36,29 @@ def pred_path(out: Path, unit_name: str) -> Path:
     return Path(out) / "predictions" / f"pred-{unit_name}.tar"
 
 
+PART_KEYS = ("hash", "num_samples", "num_valid_pixels", "sums")
+
+
+def read_json(path: Path, required: tuple[str, ...], what: str) -> dict:
+    """A JSON object with ``required`` keys; anything else is an error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {what}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object; {what}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{path}: lacks {', '.join(missing)}; {what}")
+    return data
+
+
 def read_part(out: Path, unit_name: str) -> Optional[dict]:
     """The unit's part, or None when it is not finished."""
     p = part_path(out, unit_name)
     if not p.exists():
         return None
-    return json.loads(p.read_text())
+    return read_json(p, PART_KEYS, "delete it and rerun the evaluation to redo the unit")
 
 
 def write_part(out: Path, unit_name: str, part: dict) -> None:
@@ -62,12 +79,13 @@ def write_plan(out: Path, plan: dict) -> None:
     """Record the work list; refuse an out dir holding parts of another evaluation."""
     path = Path(out) / PLAN
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, ("hash",), "delete the output directory and rerun")
         if old.get("hash") != plan["hash"]:
             raise ValueError(
                 f"{out} holds parts of another evaluation (settings hash {old.get('hash')}, this one "
-                f"{plan['hash']}: other weights, data, sampler settings, seed, unit_size or "
-                "max_samples); use a new --out directory or delete the old one")
+                f"{plan['hash']}: other weights, data, baseline split, sampler settings, seed, "
+                "unit_size, max_samples, or the device that drew the noise); use a new --out "
+                "directory or delete the old one")
         if old == plan:
             return
     write_json_atomic(path, plan, default=str)
@@ -77,7 +95,7 @@ def read_plan(out: Path) -> dict:
     path = Path(out) / PLAN
     if not path.exists():
         raise FileNotFoundError(f"{out}: no {PLAN}; not an evaluation output directory")
-    return json.loads(path.read_text())
+    return read_json(path, ("hash", "units", "num_samples"), "rerun the evaluation to rewrite it")
 
 
 def missing_units(out: Path, plan: dict) -> list[str]:
@@ -104,8 +122,15 @@ def reduce_parts(out: Path, plan: dict) -> dict[str, Any]:
         raise IncompleteEvaluation(f"{out}: {len(missing)} of {len(plan['units'])} units have no "
                                    f"part yet: {shown}; rerun the evaluation to finish them")
     total: dict[str, Any] = {"num_samples": 0, "num_valid_pixels": 0, "sums": {}}
+    owner: dict[str, str] = {}  # sample key -> unit, so no sample counts twice
     for u in plan["units"]:
         part = read_part(out, u["name"])
+        for key in part.get("keys", []):
+            if key in owner:
+                raise ValueError(f"sample key {key!r} is in units {owner[key]} and {u['name']} "
+                                 f"({u['url']}): the split holds it twice and it would count twice "
+                                 "(`resdepth-shards verify` lists every duplicate)")
+            owner[key] = u["name"]
         if part.get("hash") != plan["hash"]:
             raise ValueError(f"{part_path(out, u['name'])} was written by another evaluation "
                              f"(hash {part.get('hash')}, plan {plan['hash']})")

@@ -22,18 +22,38 @@ class Sample:
     mask: np.ndarray    # [1, H, W] bool, valid ground truth
 
 
-def iter_samples(url: str, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
-    """Decoded samples number ``start`` to ``stop - 1`` of the shard at ``url``."""
+def iter_samples(url: str, start: int = 0, stop: Optional[int] = None,
+                 shapes: Optional[dict] = None, total: Optional[int] = None) -> Iterator[Sample]:
+    """Decoded samples number ``start`` to ``stop - 1`` of the shard at ``url``, each checked
+    against ``shapes``. When ``stop`` is the shard's ``total`` (its count in ``index.json``), the
+    shard must end there: a stale count would otherwise leave samples out of the evaluation."""
+    import tarfile
+
     import webdataset as wds
 
-    stream = wds.gopen(url, "rb")
+    from resdepth.data.format import DataError
+
+    try:
+        stream = wds.gopen(url, "rb")
+    except OSError as e:
+        raise DataError(f"{url}: cannot open ({e})") from e
     try:
         files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
         for i, raw in enumerate(wds.tariterators.group_by_keys(files)):
             if stop is not None and i >= stop:
+                if stop == total:
+                    raise DataError(f"{url}: holds more samples than the {total} its index.json "
+                                    "counts (a stale index.json? `resdepth-shards stats SPLIT` "
+                                    "recounts); evaluating it would leave samples out")
                 return
             if i >= start:
-                yield decode(raw, url)
+                yield decode(raw, url, shapes)
+    except DataError:
+        raise
+    except (OSError, tarfile.TarError, EOFError, ValueError) as e:
+        reason = str(e.args[0]) if e.args else type(e).__name__
+        raise DataError(f"{url}: unreadable tar ({reason.split(' @ ')[0]}); a truncated or "
+                        "corrupt shard (`resdepth-shards verify` checks the split)") from e
     finally:
         stream.close()  # also when the caller stops early: no file left to the garbage collector
 

@@ -38,6 +38,8 @@ class Context:
     baseline: Optional[torch.Tensor]  # [1, H, W] metres
     plan_hash: str
     device: torch.device
+    shapes: dict          # every sample's array shapes (from the nets' data shape)
+    totals: dict          # shard url -> its sample count in the index (None when uncounted)
 
 
 def main(cfg: EvalConfig) -> int:
@@ -64,15 +66,22 @@ def main(cfg: EvalConfig) -> int:
 
 
 def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[dict],
-              with_baseline: bool) -> dict:
-    """The work list and the settings that every part of it must share."""
+              baseline: Optional[list], device: torch.device) -> dict:
+    """The work list and the settings that every part of it must share.
+
+    ``baseline`` names the training split of the mean-depth baseline (None: no baseline);
+    ``device`` matters with a diffusion net: CPU and CUDA generators draw different noise.
+    """
     counts = [u.count for u in units]
     total = None if any(c is None for c in counts) else int(sum(counts))
     # the data by content where the index has checksums, so a moved split keeps its parts
     data_id = ([s.get("sha256") or s["name"] for s in index["shards"]] if index is not None
                else cfg.data)
-    identity = {"nets": nets.identity(), "data": data_id, "baseline": with_baseline,
+    identity = {"nets": nets.identity(), "data": data_id, "baseline": baseline,
                 "units": [(u.name, u.count) for u in units]}
+    if cfg.diffusion:
+        identity["noise_device"] = device.type
+    with_baseline = baseline is not None
     settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
                 "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed}
     return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
@@ -84,7 +93,8 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
 
 
 def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
-    from resdepth.eval.baseline import baseline_dir, load_or_compute
+    from resdepth.data.format import shapes_for
+    from resdepth.eval.baseline import baseline_dir, baseline_identity, load_or_compute
 
     device = resolve_device(cfg)
     nets = load_nets(cfg, device)
@@ -98,15 +108,18 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     units = make_units(shards, cfg.unit_size, cfg.max_samples)
     if not units:
         raise ValueError(f"{cfg.data}: no samples to evaluate")
-    with_baseline = baseline_dir(cfg) is not None
-    plan = make_plan(cfg, nets, units, index, with_baseline)
+    train = baseline_dir(cfg)
+    with_baseline = train is not None
+    plan = make_plan(cfg, nets, units, index, baseline_identity(train) if with_baseline else None,
+                     device)
     if dist.is_main():
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
         P.write_plan(out, plan)
     dist.barrier()
     base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
-                  None if base is None else torch.from_numpy(base)[None], plan["hash"], device)
+                  None if base is None else torch.from_numpy(base)[None], plan["hash"], device,
+                  shapes_for(bins, h, w), dict(shards))
 
     world, rank = dist.world_size(), dist.rank()
     mine = worker_units(units, num_tasks, task_id, world, rank)
@@ -178,14 +191,17 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     from resdepth.eval.reader import iter_samples, prefetch
 
     cfg = ctx.cfg
-    samples = prefetch(iter_samples(unit.url, unit.start, unit.stop), cfg.num_workers * cfg.batch)
+    samples = prefetch(iter_samples(unit.url, unit.start, unit.stop, ctx.shapes,
+                                    ctx.totals.get(unit.url)), cfg.num_workers * cfg.batch)
     writer = P.PredictionShard(P.pred_path(ctx.out, unit.name)) if cfg.save_predictions else None
     sums: dict[str, dict] = {}
     previews: dict[str, list[np.ndarray]] = {}
     n, valid = 0, 0
+    unit_keys: list[str] = []
     try:
         for batch in batches(samples, cfg.batch):
             keys = [s.key for s in batch]
+            unit_keys += keys
             events = torch.from_numpy(np.stack([s.events for s in batch])).to(ctx.device)
             depth = torch.from_numpy(np.stack([s.depth for s in batch]))
             mask = torch.from_numpy(np.stack([s.mask for s in batch]))
@@ -218,7 +234,7 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
         P.save_npz_atomic(P.preview_path(ctx.out, unit.name),
                           {k: np.stack(v) for k, v in previews.items()})
     part = {"unit": unit.name, "hash": ctx.plan_hash, "num_samples": n,
-            "num_valid_pixels": valid, "sums": sums}
+            "num_valid_pixels": valid, "sums": sums, "keys": unit_keys}
     P.write_part(ctx.out, unit.name, part)
     return part
 
