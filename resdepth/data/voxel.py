@@ -36,20 +36,20 @@ def events_to_voxel(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, 
     t0 = float(t[0] if t0 is None else t0)
     t1 = float(t[-1] if t1 is None else t1)
     pol = np.where(np.asarray(p) > 0, 1.0, -1.0)
-    keep = (t >= t0) & (t <= t1)
-    if not keep.all():
+    if t.min() < t0 or t.max() > t1:  # only build masks when something is outside
+        keep = (t >= t0) & (t <= t1)
         x, y, t, pol = np.asarray(x)[keep], np.asarray(y)[keep], t[keep], pol[keep]
     ts = (bins - 1) * (t - t0) / max(t1 - t0, 1e-12)
     left = np.minimum(ts.astype(np.int64), bins - 1)  # ts >= 0, so astype floors
     w_right = ts - left
     for px, py, w in _pixel_weights(x, y, splat):
-        inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
-        if not inside.all():
-            px, py, w = px[inside], py[inside], w[inside]
+        lb, wr, pl = left, w_right, pol
+        if px.size and (px.min() < 0 or px.max() >= width or py.min() < 0 or py.max() >= height):
+            inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+            px, py, w = px[inside], py[inside], (None if w is None else w[inside])
             lb, wr, pl = left[inside], w_right[inside], pol[inside]
-        else:
-            lb, wr, pl = left, w_right, pol
-        _accumulate(grid, lb * (height * width) + py * width + px, pl * w, wr, bins, height * width)
+        _accumulate(grid, lb * (height * width) + py * width + px, pl if w is None else pl * w, wr,
+                    bins, height * width)
     out = grid.reshape(bins, height, width).astype(np.float32)
     return normalize_voxel(out) if normalize else out
 
@@ -58,17 +58,16 @@ SPLATS = ("round", "bilinear")
 
 
 def _pixel_weights(x: np.ndarray, y: np.ndarray,
-                   splat: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(px, py, weight)`` triples: one with weight 1 (round) or four corners (bilinear)."""
+                   splat: str) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """``(px, py, weight)`` triples: one with weight 1 (None; round) or four corners (bilinear)."""
     x = np.asarray(x)
     y = np.asarray(y)
     if x.dtype.kind in "iu" and y.dtype.kind in "iu":  # integer pixels: both splats agree
-        return [(x.astype(np.int64, copy=False), y.astype(np.int64, copy=False), np.ones(len(x)))]
+        return [(x.astype(np.int64, copy=False), y.astype(np.int64, copy=False), None)]
     x = x.astype(np.float64, copy=False)
     y = y.astype(np.float64, copy=False)
     if splat == "round":
-        return [(np.floor(x + 0.5).astype(np.int64), np.floor(y + 0.5).astype(np.int64),
-                 np.ones(len(x)))]
+        return [(np.floor(x + 0.5).astype(np.int64), np.floor(y + 0.5).astype(np.int64), None)]
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
