@@ -1,13 +1,26 @@
-"""Distributed plumbing: one process, torchrun, or srun under Slurm, detected from the environment.
+"""Distributed plumbing: one process, torchrun, srun under Slurm or submitit's local executor,
+detected from the environment.
 
 Everything rank-related in resdepth goes through here: ``init``, ``rank``, ``world_size``,
-``is_main``, ``barrier``, ``all_reduce_sum``, ``print0``, ``shutdown``.
+``is_main``, ``barrier``, ``all_reduce_sum``, ``print0``, ``shutdown``. ``init`` is the only place
+that creates the process group, for training (both backends), evaluation and prediction:
+
+* the launcher's variables are trusted when present: torchrun's ``RANK``/``WORLD_SIZE``/
+  ``MASTER_ADDR``/``MASTER_PORT`` (whose address is the agent's own store when
+  ``TORCHELASTIC_USE_AGENT_STORE=True``), Slurm's task layout, submitit's local task layout;
+* a world of one never rendezvous: when a group is wanted anyway (DeepSpeed), it is built on a
+  store inside the process, so no port is chosen, listened on or waited for;
+* start-up is bounded by ``RESDEPTH_RENDEZVOUS_TIMEOUT`` seconds (default 300); a peer that never
+  arrives, or a port already taken, ends in ``RendezvousError`` naming address, port, rank and
+  world size and what to check.
 """
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -18,10 +31,18 @@ log = logging.getLogger("resdepth")
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+SUBMITIT_LOCAL_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID",
+                       "SUBMITIT_LOCAL_JOB_ID")
+RENDEZVOUS_TIMEOUT_VAR = "RESDEPTH_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
 
 
 class DistEnvError(RuntimeError):
     """The environment names some but not all of what a distributed launch needs."""
+
+
+class RendezvousError(DistEnvError):
+    """The ranks the environment names did not meet: says where, who, and what to check."""
 
 
 @dataclass
@@ -32,7 +53,7 @@ class DistEnv:
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    source: str = "single"  # single | torchrun | slurm
+    source: str = "single"  # single | torchrun | slurm | submitit
 
     def export(self, environ: Optional[dict] = None) -> None:
         """Write the torch.distributed env:// variables for this process."""
@@ -56,50 +77,141 @@ def master_port_for_job(job_id: str) -> int:
 
 
 def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
-    """The process's rank and rendezvous from torchrun's or Slurm's variables (torchrun wins)."""
-    tr = [v for v in TORCHRUN_VARS if v in environ]
-    if tr:
-        missing = [v for v in TORCHRUN_VARS if v not in environ]
+    """The process's rank and rendezvous from torchrun's, Slurm's or submitit's local variables
+    (torchrun's win). A world of one needs no ``MASTER_ADDR``/``MASTER_PORT``."""
+    if "RANK" in environ or "WORLD_SIZE" in environ:
+        world = int(environ.get("WORLD_SIZE", "0") or 0)
+        needed = TORCHRUN_VARS if world != 1 else TORCHRUN_VARS[:3]
+        missing = [v for v in needed if v not in environ]
         if missing:
-            raise DistEnvError(f"half-set torch.distributed environment: {', '.join(tr)} set but "
+            present = [v for v in TORCHRUN_VARS if v in environ]
+            raise DistEnvError(f"half-set torch.distributed environment: {', '.join(present)} set but "
                                f"{', '.join(missing)} missing; set all of {', '.join(TORCHRUN_VARS)} "
                                "or none")
-        return DistEnv(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]),
-                       environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), "torchrun")
+        return DistEnv(int(environ["RANK"]), world, int(environ["LOCAL_RANK"]),
+                       environ.get("MASTER_ADDR", "127.0.0.1"),
+                       int(environ.get("MASTER_PORT", 0) or 0), "torchrun")
     env = dict(environ)
     if "SLURM_JOB_NODELIST" not in env and "SLURM_NODELIST" in env:
         env["SLURM_JOB_NODELIST"] = env["SLURM_NODELIST"]
     # A Slurm batch script (not an srun step) has SLURM_JOB_ID but no task layout: one process.
-    if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
-        return DistEnv()
-    missing = [v for v in SLURM_VARS if v not in env]
-    if missing:
-        raise DistEnvError(f"half-set Slurm environment: {', '.join(missing)} missing "
-                           f"(need {', '.join(SLURM_VARS)})")
-    hosts = parse_nodelist(env["SLURM_JOB_NODELIST"])
-    port = int(env.get("RESDEPTH_MASTER_PORT", master_port_for_job(env["SLURM_JOB_ID"])))
-    return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"]),
-                   hosts[0], port, "slurm")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        missing = [v for v in SLURM_VARS if v not in env]
+        if missing:
+            raise DistEnvError(f"half-set Slurm environment: {', '.join(missing)} missing "
+                               f"(need {', '.join(SLURM_VARS)})")
+        hosts = parse_nodelist(env["SLURM_JOB_NODELIST"])
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"]),
+                       env.get("MASTER_ADDR", hosts[0]), _job_port(env, env["SLURM_JOB_ID"]), "slurm")
+    if "SUBMITIT_LOCAL_GLOBALID" in env:  # submitit's LocalExecutor: tasks on this machine
+        missing = [v for v in SUBMITIT_LOCAL_VARS if v not in env]
+        if missing:
+            raise DistEnvError(f"half-set submitit local environment: {', '.join(missing)} missing")
+        return DistEnv(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env["SUBMITIT_LOCAL_NTASKS"]),
+                       int(env["SUBMITIT_LOCAL_LOCALID"]), env.get("MASTER_ADDR", "127.0.0.1"),
+                       _job_port(env, env["SUBMITIT_LOCAL_JOB_ID"]), "submitit")
+    return DistEnv()
+
+
+def _job_port(env: Mapping[str, str], job_id: str) -> int:
+    """A port set by the job script (``RESDEPTH_MASTER_PORT``, then ``MASTER_PORT``), else one
+    derived from the job id, as submitit's ``TorchDistributedEnvironment`` does."""
+    return int(env.get("RESDEPTH_MASTER_PORT") or env.get("MASTER_PORT") or master_port_for_job(job_id))
+
+
+def rendezvous_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds the ranks wait for each other at start-up: ``RESDEPTH_RENDEZVOUS_TIMEOUT`` or 300."""
+    text = environ.get(RENDEZVOUS_TIMEOUT_VAR, "")
+    if not text:
+        return DEFAULT_RENDEZVOUS_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise DistEnvError(f"{RENDEZVOUS_TIMEOUT_VAR}={text!r}: expected a positive number of seconds")
+    return value
 
 
 _ENV = DistEnv()
 
 
-def init(device_type: str = "auto", timeout_s: float = 600.0) -> DistEnv:
-    """Join the process group (gloo on CPU, NCCL on GPU) when the world has more than one process."""
+def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = False,
+         rendezvous_timeout: Optional[float] = None) -> DistEnv:
+    """Join the process group (gloo on CPU, NCCL on GPU) when the world has more than one process,
+    and in a world of one too with ``group`` (DeepSpeed wants a group); later calls change nothing.
+
+    ``timeout_s`` bounds every collective; ``rendezvous_timeout`` (default: ``rendezvous_timeout_s()``)
+    bounds the start-up, which otherwise raises ``RendezvousError``.
+    """
     global _ENV
     _ENV = detect_env()
-    if _ENV.world_size > 1 and not torch_dist.is_initialized():
-        _ENV.export()
-        use_cuda = torch.cuda.is_available() if device_type == "auto" else device_type == "cuda"
-        backend = "nccl" if use_cuda else "gloo"
-        if use_cuda:
-            torch.cuda.set_device(_ENV.local_rank)
-        torch_dist.init_process_group(backend=backend,
-                                      timeout=datetime.timedelta(seconds=timeout_s))
-        log.info("rank %d/%d joined %s group via %s (%s:%d)", _ENV.rank, _ENV.world_size,
-                 backend, _ENV.source, _ENV.master_addr, _ENV.master_port)
+    if torch_dist.is_initialized() or (_ENV.world_size == 1 and not group):
+        return _ENV
+    use_cuda = torch.cuda.is_available() if device_type == "auto" else device_type == "cuda"
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(_ENV.local_rank)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if _ENV.world_size == 1:
+        # Nobody to meet: a store inside this process, never a port (under torchrun the agent's
+        # store would answer, but a port of our own would make every rank a client of nothing).
+        os.environ.setdefault("LOCAL_RANK", str(_ENV.local_rank))  # DeepSpeed reads it
+        torch_dist.init_process_group(backend, store=torch_dist.HashStore(), rank=0, world_size=1,
+                                      timeout=timeout)
+        log.info("one process (%s): %s group on a process-local store", _ENV.source, backend)
+        return _ENV
+    wait = rendezvous_timeout_s() if rendezvous_timeout is None else rendezvous_timeout
+    deadline = time.monotonic() + wait
+    _ENV.export()
+    try:
+        # env:// as torch reads it: a client of torchrun's agent store when it says so, else rank 0
+        # serves the store; every rank then meets the others through it within ``wait``.
+        serves = _ENV.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        if not serves:
+            _wait_for_store(_ENV.master_addr, _ENV.master_port, deadline)
+        # The serving store counts whole seconds and gives up at the first one past its timeout.
+        left = max(1.0, deadline - time.monotonic() - (1.0 if serves else 0.0))
+        store, rank_, world = next(torch_dist.rendezvous(
+            "env://", timeout=datetime.timedelta(seconds=left)))
+        torch_dist.init_process_group(backend, store=torch_dist.PrefixStore("default_pg", store),
+                                      rank=rank_, world_size=world, timeout=timeout)
+    except (RuntimeError, ValueError, OSError) as e:  # torch's DistError is a RuntimeError
+        raise RendezvousError(_rendezvous_failure(_ENV, backend, wait, e)) from e
+    store.set_timeout(timeout)  # later groups (new_group) wait like collectives do
+    log.info("rank %d/%d joined %s group via %s (%s:%d)", _ENV.rank, _ENV.world_size,
+             backend, _ENV.source, _ENV.master_addr, _ENV.master_port)
     return _ENV
+
+
+def _wait_for_store(addr: str, port: int, deadline: float) -> None:
+    """Return once ``addr:port`` accepts connections; a TimeoutError at ``deadline`` (torch's store
+    client keeps retrying for up to about twice its timeout)."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((addr, port), timeout=max(0.05, min(1.0, left))):
+                return
+        except OSError as e:
+            if left <= 0:
+                raise TimeoutError(f"nothing listens at {addr}:{port} ({e})") from e
+            time.sleep(min(0.2, max(0.0, left)))
+
+
+def _rendezvous_failure(at: DistEnv, backend: str, wait: float, err: BaseException) -> str:
+    """What failed, where, and what to check, in a few lines instead of torch's traceback."""
+    cause = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+    head = (f"rank {at.rank} of world size {at.world_size} could not join the {backend} process group "
+            f"at {at.master_addr}:{at.master_port} (from {at.source}) within {wait:g} s: {cause}")
+    if "EADDRINUSE" in cause or "address already in use" in cause.lower():
+        return (f"{head}. Port {at.master_port} on {at.master_addr} is taken by another process (another "
+                "job on this node, or an earlier run still exiting): free it, or choose a free port "
+                "with MASTER_PORT (RESDEPTH_MASTER_PORT in a Slurm job).")
+    return (f"{head}. Check that all {at.world_size} processes were started (torchrun "
+            "--nproc_per_node/--nnodes, srun -n, WORLD_SIZE) and none failed before this point (see "
+            "their logs), that every rank was given the same MASTER_ADDR and MASTER_PORT, and that "
+            f"{at.master_addr} is rank 0's host with port {at.master_port} reachable from every node "
+            f"(firewall); ranks that start slowly need a larger {RENDEZVOUS_TIMEOUT_VAR} (seconds).")
 
 
 def env() -> DistEnv:

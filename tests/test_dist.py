@@ -1,7 +1,15 @@
-"""Rank and rendezvous detection from torchrun and Slurm variables (no Slurm needed)."""
-import pytest
+"""Rank and rendezvous detection from torchrun, Slurm and submitit variables (no Slurm needed),
+and the bounded start-up of ``dist.init``."""
+import socket
+import time
 
-from resdepth.dist import DistEnvError, detect_env, master_port_for_job, parse_nodelist
+import pytest
+import torch
+
+from resdepth import dist
+from resdepth.dist import (DistEnvError, RendezvousError, detect_env, master_port_for_job,
+                           parse_nodelist, rendezvous_timeout_s)
+from tests.procs import free_port
 
 
 def test_nodelist_expansion():
@@ -31,3 +39,92 @@ def test_torchrun_wins_and_half_set_fails():
     with pytest.raises(DistEnvError, match="SLURM_JOB_NODELIST"):
         detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
                     "SLURM_JOB_ID": "1"})
+
+
+def test_world_of_one_needs_no_rendezvous_address():
+    env = detect_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    assert (env.rank, env.world_size, env.source) == (0, 1, "torchrun")
+    with pytest.raises(DistEnvError, match="LOCAL_RANK missing"):
+        detect_env({"RANK": "0", "WORLD_SIZE": "1"})
+
+
+def test_job_script_port_is_trusted_under_slurm():
+    slurm = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1",
+             "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "77"}
+    assert detect_env(slurm).master_port == master_port_for_job("77")
+    assert detect_env({**slurm, "MASTER_PORT": "23456"}).master_port == 23456
+    assert detect_env({**slurm, "MASTER_PORT": "23456", "RESDEPTH_MASTER_PORT": "24567"}).master_port == 24567
+    assert detect_env({**slurm, "MASTER_ADDR": "n2"}).master_addr == "n2"
+
+
+def test_submitit_local_tasks():
+    env = detect_env({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
+                      "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4321"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == \
+        (1, 2, 1, "127.0.0.1", "submitit")
+    assert env.master_port == master_port_for_job("4321")
+
+
+def test_rendezvous_timeout_setting():
+    assert rendezvous_timeout_s({}) == 300.0
+    assert rendezvous_timeout_s({"RESDEPTH_RENDEZVOUS_TIMEOUT": "7.5"}) == 7.5
+    for bad in ("0", "-3", "ten"):
+        with pytest.raises(DistEnvError, match="RESDEPTH_RENDEZVOUS_TIMEOUT"):
+            rendezvous_timeout_s({"RESDEPTH_RENDEZVOUS_TIMEOUT": bad})
+
+
+def _as_rank(monkeypatch, rank: int, port: int, **extra: str) -> None:
+    monkeypatch.setattr(dist, "_ENV", dist.DistEnv())
+    for k in ("TORCHELASTIC_USE_AGENT_STORE", "RESDEPTH_RENDEZVOUS_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in dict(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port), **extra).items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.mark.parametrize("rank, agent", [(0, False), (1, False), (0, True)],
+                         ids=["rank0-serves", "rank1-waits", "torchrun-agent-store"])
+def test_missing_peer_ends_with_named_error_within_timeout(monkeypatch, rank, agent):
+    port = free_port()
+    _as_rank(monkeypatch, rank, port, RESDEPTH_RENDEZVOUS_TIMEOUT="2",
+             **({"TORCHELASTIC_USE_AGENT_STORE": "True"} if agent else {}))
+    t0 = time.monotonic()
+    with pytest.raises(RendezvousError) as err:
+        dist.init("cpu")
+    took = time.monotonic() - t0
+    assert 1.5 < took <= 2.5, took
+    msg = str(err.value)
+    assert f"rank {rank} of world size 2" in msg and f"127.0.0.1:{port}" in msg, msg
+    assert "within 2 s" in msg and "Check that all 2 processes were started" in msg, msg
+    assert not torch.distributed.is_initialized()
+
+
+def test_taken_port_is_named_at_once(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _as_rank(monkeypatch, 0, port)
+        t0 = time.monotonic()
+        with pytest.raises(RendezvousError, match=f"Port {port} on 127.0.0.1 is taken"):
+            dist.init("cpu", rendezvous_timeout=30)
+        assert time.monotonic() - t0 < 5
+
+
+def test_world_of_one_group_uses_no_port(monkeypatch):
+    """Under ``torchrun --nproc_per_node=1`` the launcher's port is the agent's store: a group
+    for one process (DeepSpeed's) is built without any rendezvous, even at a dead address."""
+    monkeypatch.setattr(dist, "_ENV", dist.DistEnv())
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port()), TORCHELASTIC_USE_AGENT_STORE="True").items():
+        monkeypatch.setenv(k, v)
+    t0 = time.monotonic()
+    try:
+        assert dist.init("cpu", rendezvous_timeout=30).world_size == 1
+        assert not torch.distributed.is_initialized()  # no group unless asked for
+        dist.init("cpu", group=True, rendezvous_timeout=30)
+        assert (dist.is_dist(), dist.world_size(), dist.rank()) == (True, 1, 0)
+        assert dist.all_reduce_sum(torch.ones(2)).tolist() == [1.0, 1.0]
+    finally:
+        dist.shutdown()
+    assert time.monotonic() - t0 < 5

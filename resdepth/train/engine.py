@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import math
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,12 +86,6 @@ class DDPEngine:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> dict[str, Any]:
     """The DeepSpeed JSON: ``trainer.deepspeed_config`` file, then the inline trainer keys."""
     ds: dict[str, Any] = {}
@@ -141,9 +134,7 @@ class DeepSpeedEngine:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30 s op build
-        if not dist.is_dist():  # one process: DeepSpeed still wants a process group
-            dist.DistEnv(master_port=_free_port()).export()
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init(device.type, group=True)  # DeepSpeed wants a process group even for one process
         self.cfg, self.device = cfg, device
         use_bf16 = device.type == "cuda" and cfg.precision == "bf16"
         optimizer = make_optimizer(net, cfg)
