@@ -8,7 +8,7 @@ that creates the process group, for training (both backends), evaluation and pre
 * the launcher's variables are trusted when present: torchrun's ``RANK``/``WORLD_SIZE``/
   ``MASTER_ADDR``/``MASTER_PORT`` (whose address is the agent's own store when
   ``TORCHELASTIC_USE_AGENT_STORE=True``), Slurm's task layout, submitit's local task layout;
-* a world of one never rendezvous: when a group is wanted anyway (DeepSpeed), it is built on a
+* a world of one needs no rendezvous: when a group is wanted anyway (DeepSpeed), it is built on a
   store inside the process, so no port is chosen, listened on or waited for;
 * start-up is bounded by ``RESDEPTH_RENDEZVOUS_TIMEOUT`` seconds (default 300); a peer that never
   arrives, or a port already taken, ends in ``RendezvousError`` naming address, port, rank and
