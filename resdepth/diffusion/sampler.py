@@ -128,6 +128,13 @@ class StackedRandomGenerator:
         return self.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device)
 
 
+def ensemble_mean(members: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The ensemble mean: members averaged in normalised depth space, where the regression mean
+    lives (regression + mean residual). Evaluation, validation previews and the samplers all use
+    this one; in metres it is ``denormalize`` of it (a geometric mean under log normalisation)."""
+    return members.mean(dim=dim)
+
+
 def _img_channels(net: nn.Module) -> int:
     # validation may hand over a DDP / EMA wrapper; the wrapped net knows its channels
     while not hasattr(net, "img_channels") and hasattr(net, "module"):
@@ -182,7 +189,7 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
                 raise ValueError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
             draws.append(mean + res)
     stacked = torch.stack(draws, dim=1)
-    out = {"regression": mean, "mean": stacked.mean(dim=1),
+    out = {"regression": mean, "mean": ensemble_mean(stacked),
            "std": stacked.std(dim=1) if members > 1 else torch.zeros_like(mean)}
     if return_members:
         out["members"] = stacked

@@ -20,6 +20,8 @@ class EvalConfig(SamplerSettings):
     out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
     ensemble: int = opt(8, "Ensemble members drawn per image by the diffusion sampler.")
     steps: int = opt(18, "Sampler steps.")
+    protocol: Literal["pooled", "e2depth", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth/RAM-Net score MVSEC: truth capped at Dmax and rescaled per frame, sq_rel err^2/t^2) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
+    noise_baseline: bool = opt(True, "Also score the noise baseline: the regression mean plus Gaussian noise of the residual std the diffusion run measured, with as many members as the ensemble.")
     patch: int = opt(0, "Patch size for patch-based diffusion sampling (0 samples the full image).")
     overlap: int = opt(4, "Overlap in pixels between neighbouring patches.")
     boundary: int = opt(2, "Boundary pixels padded around each patch.")

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from resdepth.diffusion.config import SIGMA_MAX_DEFAULT
 from resdepth.eval.config import EvalConfig
 
 log = logging.getLogger("resdepth")
@@ -104,11 +105,13 @@ def make_patching(cfg: EvalConfig, nets: Nets):
 @torch.no_grad()
 def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[str],
             patching=None) -> dict[str, torch.Tensor]:
-    """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, ``mean`` and
-    ``std`` (unbiased over members), all float32 in metres.
+    """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, their ``mean``,
+    ``median`` and ``std`` (unbiased over members), and ``noise_members`` of the noise baseline
+    when ``residual_std`` is known; all float32 in metres.
 
-    The members are denormalised before the mean and std are taken: the ensemble statistics of
-    depth, not of normalised depth.
+    ``mean`` is ``ensemble_mean`` of the members in normalised depth space, denormalised: the same
+    definition as the regression mean and the samplers. ``median`` (lower median) and ``std`` are
+    taken over members in metres (the median commutes with the normalisation).
     """
     from resdepth.diffusion.sampler import generate_ensemble
 
@@ -118,12 +121,49 @@ def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[st
     spec = nets.diffusion_meta["spec"]
     out = generate_ensemble(
         nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed, members=cfg.ensemble,
-        num_steps=cfg.steps, **cfg.sampler_kwargs(),
+        num_steps=cfg.steps, **sampler_kwargs(cfg, nets),
         hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
         return_members=True)
     members = norm.denormalize(out["members"].float()).float()
-    return {"regression": norm.denormalize(out["regression"].float()).float(),
-            "members": members, "mean": members.mean(dim=1), "std": members.std(dim=1)}
+    pred = {"regression": norm.denormalize(out["regression"].float()).float(),
+            "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
+            "median": members.median(dim=1).values, "std": members.std(dim=1)}
+    noise_std = residual_std(cfg, nets)
+    if noise_std is not None:
+        pred["noise_members"] = norm.denormalize(
+            noise_baseline(out["regression"].float(), keys, cfg.seed, cfg.ensemble, noise_std)).float()
+    return pred
+
+
+def residual_std(cfg: EvalConfig, nets: Nets) -> Optional[float]:
+    """The noise baseline's std (normalised depth): the residual std that stage 2 measured."""
+    if not cfg.noise_baseline or nets.diffusion_meta is None:
+        return None
+    value = nets.diffusion_meta.get("residual_std")
+    return None if value is None else float(value)
+
+
+def sampler_kwargs(cfg: EvalConfig, nets: Nets) -> dict:
+    """The sampler settings; an unset ``sigma_max`` takes the value the diffusion run recorded."""
+    kw = cfg.sampler_kwargs()
+    if kw["sigma_max"] is None:
+        recorded = (nets.diffusion_meta or {}).get("sigma_max")
+        kw["sigma_max"] = float(recorded) if recorded is not None else SIGMA_MAX_DEFAULT
+    return kw
+
+
+def noise_baseline(regression: torch.Tensor, keys: Sequence[str], seed: int, members: int,
+                   std: float) -> torch.Tensor:
+    """``members`` draws of the regression mean plus Gaussian noise of ``std`` (normalised space),
+    ``[N, M, C, H, W]``; each (key, member) has its own generator, as the diffusion members do."""
+    from resdepth.diffusion.sampler import StackedRandomGenerator, sample_seed
+
+    draws = []
+    for m in range(members):
+        rng = StackedRandomGenerator([sample_seed(seed, f"noise/{k}", m) for k in keys],
+                                     regression.device)
+        draws.append(regression + std * rng.randn(regression.shape, device=regression.device))
+    return torch.stack(draws, dim=1)
 
 
 def resolve_device(cfg: EvalConfig) -> torch.device:

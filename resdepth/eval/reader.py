@@ -20,6 +20,7 @@ class Sample:
     events: np.ndarray  # [B, H, W] float32, the network's condition
     depth: np.ndarray   # [1, H, W] float32, metres
     mask: np.ndarray    # [1, H, W] bool, valid ground truth
+    sequence: Optional[str] = None  # meta.json ``sequence`` (recording), for per-sequence tables
 
 
 def iter_samples(url: str, start: int = 0, stop: Optional[int] = None,
@@ -68,7 +69,9 @@ def decode(raw: dict, url: str, shapes: Optional[dict] = None) -> Sample:
         raise DataError(f"{url}: sample {raw.get('__key__', '?')}: {e}") from e
     depth = d["depth"].astype(np.float32)
     mask = (d["mask"] > 0) & np.isfinite(depth) & (depth > 0)
-    return Sample(d["key"], d["events"].astype(np.float32), depth, mask)
+    seq = d.get("meta", {}).get("sequence") if isinstance(d.get("meta"), dict) else None
+    return Sample(d["key"], d["events"].astype(np.float32), depth, mask,
+                  None if seq is None else str(seq))
 
 
 def prefetch(it: Iterator, depth: int) -> Iterator:

@@ -18,10 +18,28 @@ METRICS = [("abs_rel", "AbsRel", True), ("sq_rel", "SqRel", True), ("rmse", "RMS
            ("rmse_log", "RMSE log", True), ("silog", "SILog", True), ("delta1", "δ<1.25", False),
            ("delta2", "δ<1.25²", False), ("delta3", "δ<1.25³", False), ("mae", "MAE [m]", True),
            ("mae_10m", "MAE <10 m [m]", True), ("mae_20m", "MAE <20 m [m]", True),
-           ("mae_30m", "MAE <30 m [m]", True), ("crps", "CRPS [m]", True),
-           ("spread_skill", "spread / skill (1 is calibrated)", None)]
+           ("mae_30m", "MAE <30 m [m]", True), ("abs_rel_10m", "AbsRel <10 m", True),
+           ("abs_rel_20m", "AbsRel <20 m", True), ("abs_rel_30m", "AbsRel <30 m", True),
+           ("rmse_10m", "RMSE <10 m [m]", True), ("rmse_20m", "RMSE <20 m [m]", True),
+           ("rmse_30m", "RMSE <30 m [m]", True),
+           ("crps", "CRPS [m] (a point forecast's is its MAE)", True),
+           ("spread_skill", "spread / skill (1 is calibrated)", None),
+           ("grad_energy", "gradient energy / truth's (1: as sharp as the truth)", None),
+           ("boundary_mae", "MAE at depth boundaries [m]", True)]
 COLUMNS = [("baseline", "baseline (per-pixel mean depth)"), ("regression", "regression"),
-           ("diffusion", "regression + diffusion (ensemble mean)")]
+           ("noise_baseline", "regression + Gaussian noise (residual std)"),
+           ("diffusion", "regression + diffusion (ensemble mean)"),
+           ("diffusion_median", "ensemble median"), ("diffusion_member", "one member")]
+# the per-sequence tables: a few headline metrics per predictor
+SEQUENCE_METRICS = [("abs_rel", "AbsRel"), ("rmse", "RMSE"), ("mae_10m", "MAE<10"),
+                    ("mae_20m", "MAE<20"), ("mae_30m", "MAE<30"), ("crps", "CRPS")]
+PROTOCOL_NOTES = {
+    "pooled": "pooled: every valid pixel of the split weighs the same (not comparable with "
+              "per-frame tables)",
+    "e2depth": "e2depth: per-frame means as rpg_e2depth / RAM-Net score MVSEC (truth capped at Dmax "
+               "and rescaled per frame, sq_rel err²/t²)",
+    "hmnet": "hmnet: per-frame means as HMNet scores MVSEC (truth in [Dmax·e^-alpha, Dmax], "
+             "sq_rel err²/t)"}
 
 
 def _fmt(v) -> str:
@@ -32,21 +50,33 @@ def _fmt(v) -> str:
     return f"{v:.4f}"
 
 
+def _table(rows: dict[str, dict], metrics_list) -> list[str]:
+    cols = [(k, label) for k, label in COLUMNS if k in rows]
+    lines = ["| metric | " + " | ".join(label for _, label in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for key, label, *_ in metrics_list:
+        if any(key in rows[c] for c, _ in cols):
+            lines.append(f"| {label} | " + " | ".join(_fmt(rows[c].get(key)) for c, _ in cols) + " |")
+    return lines
+
+
 def markdown(metrics: dict) -> str:
-    """The metrics table: one column per predictor present, one row per metric."""
-    cols = [(k, label) for k, label in COLUMNS if k in metrics]
+    """The metrics table (one column per predictor present, one row per metric), then one table per
+    sequence when the samples name their sequence; every table states the protocol."""
+    settings = metrics.get("settings") or {}
+    protocol = settings.get("protocol", "pooled")
     lines = [f"# Evaluation: {metrics['num_samples']} samples, "
-             f"{metrics['num_valid_pixels']:,} valid pixels", ""]
-    if metrics.get("settings"):
-        s = metrics["settings"]
-        lines += [", ".join(f"{k} {s[k]}" for k in s), ""]
-    lines.append("| metric | " + " | ".join(label for _, label in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    for key, label, _ in METRICS:
-        if not any(key in metrics[c] for c, _ in cols):
-            continue
-        lines.append(f"| {label} | " + " | ".join(_fmt(metrics[c].get(key)) for c, _ in cols) + " |")
+             f"{metrics['num_valid_pixels']:,} valid pixels", "",
+             f"Protocol {PROTOCOL_NOTES.get(protocol, protocol)}"
+             + (" (the default)" if protocol == "pooled" else "") + ".", ""]
+    if settings:
+        lines += [", ".join(f"{k} {settings[k]}" for k in settings), ""]
+    lines += _table({k: v for k, v in metrics.items() if isinstance(v, dict)}, METRICS)
     lines.append("")
+    for seq, rows in (metrics.get("sequences") or {}).items():
+        lines += [f"## Sequence {seq} (protocol {protocol})", ""]
+        lines += _table(rows, [(k, label) for k, label in SEQUENCE_METRICS])
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ merge them into ``metrics.json``, ``report.md`` and ``samples.png``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from resdepth import dist
 from resdepth.eval import parts as P
+from resdepth.eval import predict as predict_mod
 from resdepth.eval.config import EvalConfig, resolve_tasks, result_hash, validate
 from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
 from resdepth.eval.progress import EvalProgress
@@ -40,6 +42,7 @@ class Context:
     device: torch.device
     shapes: dict          # every sample's array shapes (from the nets' data shape)
     totals: dict          # shard url -> its sample count in the index (None when uncounted)
+    depth_range: tuple[float, float]  # [Dmax exp(-alpha), Dmax] of the depth normalisation
 
 
 def main(cfg: EvalConfig) -> int:
@@ -83,7 +86,9 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
         identity["noise_device"] = device.type
     with_baseline = baseline is not None
     settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
-                "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed}
+                "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed,
+                "protocol": cfg.protocol,
+                "noise_std": predict_mod.residual_std(cfg, nets) if cfg.diffusion else None}
     return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
             "index_num_samples": None if index is None else int(index.get("num_samples", -1)),
             "max_samples": cfg.max_samples, "preview": cfg.preview,
@@ -119,7 +124,7 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
                   None if base is None else torch.from_numpy(base)[None], plan["hash"], device,
-                  shapes_for(bins, h, w), dict(shards))
+                  shapes_for(bins, h, w), dict(shards), depth_range(nets))
 
     world, rank = dist.world_size(), dist.rank()
     mine = worker_units(units, num_tasks, task_id, world, rank)
@@ -156,6 +161,12 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
             dist.print0(summary_line(metrics, out))
 
 
+def depth_range(nets: Nets) -> tuple[float, float]:
+    """What the nets can predict, in metres: the depth normalisation's exact range."""
+    lo, hi = nets.norm.valid_range_m()
+    return max(float(lo), 1e-3), float(hi) if math.isfinite(hi) else None
+
+
 def unit_done(ctx: Context, unit: Unit) -> bool:
     """A unit is done when its part exists (and its prediction shard, if predictions are wanted)."""
     part = P.read_part(ctx.out, unit.name)
@@ -185,9 +196,51 @@ def _add(sums: dict, name: str, new: dict) -> None:
     sums[name] = add_sums(sums[name], new) if name in sums else new
 
 
+SEQ_PREFIX = "seq/"
+SAVED = ("regression", "mean", "median", "std", "members")
+# predictors in the order of metrics.json and the report
+PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
+              "diffusion_member")
+
+
+def score_batch(ctx: Context, pred: dict[str, torch.Tensor], depth: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, dict]:
+    """The metric sums of every predictor in ``pred`` under the configured protocol.
+
+    Point predictors get the protocol's depth metrics, the CRPS of a point forecast (its MAE) and
+    sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
+    sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
+    ``diffusion_member`` the first member alone.
+    """
+    from resdepth.eval.metrics import depth_metric_sums, ensemble_metric_sums, sharpness_sums
+
+    rng = {"protocol": ctx.cfg.protocol, "max_depth": ctx.depth_range[1],
+           "min_depth": ctx.depth_range[0]}
+
+    def point(x: torch.Tensor) -> dict:
+        return {**depth_metric_sums(x, depth, mask, **rng),
+                **ensemble_metric_sums(x[:, None], depth, mask, **rng),
+                **sharpness_sums(x[:, None], depth, mask, rng["max_depth"])}
+
+    def ensemble(x: torch.Tensor) -> dict:
+        return {**ensemble_metric_sums(x, depth, mask, **rng),
+                **sharpness_sums(x, depth, mask, rng["max_depth"])}
+
+    out = {"regression": point(pred["regression"])}
+    if "members" in pred:
+        out["diffusion"] = {**depth_metric_sums(pred["mean"], depth, mask, **rng),
+                            **ensemble(pred["members"])}
+        out["diffusion_median"] = depth_metric_sums(pred["median"], depth, mask, **rng)
+        out["diffusion_member"] = point(pred["members"][:, 0])
+    if "noise_members" in pred:
+        out["noise_baseline"] = ensemble(pred["noise_members"])
+    if ctx.baseline is not None:
+        out["baseline"] = point(ctx.baseline.expand_as(depth))
+    return out
+
+
 def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     """Predict every sample of ``unit``, write its predictions and previews, then (last) its part."""
-    from resdepth.eval.metrics import depth_metric_sums, ensemble_metric_sums
     from resdepth.eval.reader import iter_samples, prefetch
 
     cfg = ctx.cfg
@@ -206,17 +259,18 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
             depth = torch.from_numpy(np.stack([s.depth for s in batch]))
             mask = torch.from_numpy(np.stack([s.mask for s in batch]))
             pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}
-            _add(sums, "regression", depth_metric_sums(pred["regression"], depth, mask))
-            if "members" in pred:
-                _add(sums, "diffusion", depth_metric_sums(pred["mean"], depth, mask))
-                _add(sums, "ensemble", ensemble_metric_sums(pred["members"], depth, mask))
-            if ctx.baseline is not None:
-                base = ctx.baseline.expand_as(depth)
-                _add(sums, "baseline", depth_metric_sums(base, depth, mask))
+            for name, new in score_batch(ctx, pred, depth, mask).items():
+                _add(sums, name, new)
+            sequences = [s.sequence for s in batch]
+            for seq in sorted({q for q in sequences if q is not None}):
+                idx = torch.tensor([i for i, q in enumerate(sequences) if q == seq])
+                part = {k: v[idx] for k, v in pred.items()}
+                for name, new in score_batch(ctx, part, depth[idx], mask[idx]).items():
+                    _add(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
             if writer is not None:
                 for i, key in enumerate(keys):
-                    writer.write(key, {k: v[i] for k, v in pred.items()
-                                       if k != "members" or cfg.save_members})
+                    writer.write(key, {k: v[i] for k, v in pred.items() if k in SAVED
+                                       and (k != "members" or cfg.save_members)})
             keep_previews(ctx, unit, n, batch, pred, previews)
             n += len(batch)
             valid += int(mask.sum())
@@ -278,11 +332,14 @@ def merge(out_dir) -> dict:
     sums = total["sums"]
     metrics: dict[str, Any] = {"num_samples": total["num_samples"],
                                "num_valid_pixels": total["num_valid_pixels"]}
-    if "baseline" in sums:
-        metrics["baseline"] = finalize(sums["baseline"])
-    metrics["regression"] = finalize(sums["regression"])
-    if "diffusion" in sums:
-        metrics["diffusion"] = {**finalize(sums["diffusion"]), **finalize(sums["ensemble"])}
+    for name in PREDICTORS:
+        if name in sums:
+            metrics[name] = finalize(sums[name])
+    seqs = sorted({k[len(SEQ_PREFIX):].rsplit("/", 1)[0] for k in sums if k.startswith(SEQ_PREFIX)})
+    if seqs:
+        metrics["sequences"] = {q: {name: finalize(sums[f"{SEQ_PREFIX}{q}/{name}"])
+                                    for name in PREDICTORS if f"{SEQ_PREFIX}{q}/{name}" in sums}
+                                for q in seqs}
     metrics["settings"] = plan["settings"]
     write_json_atomic(out / "metrics.json", metrics, default=str)
     write_report(out, metrics, plan)
@@ -293,9 +350,10 @@ def merge(out_dir) -> dict:
 
 def summary_line(metrics: dict, out: Path) -> str:
     parts = [f"{metrics['num_samples']} samples"]
-    for name in ("baseline", "regression", "diffusion"):
+    for name in ("baseline", "regression", "noise_baseline", "diffusion"):
         if name in metrics:
             m = metrics[name]
-            extra = f", crps {m['crps']:.4f}" if "crps" in m else ""
-            parts.append(f"{name}: abs_rel {m['abs_rel']:.4f}, rmse {m['rmse']:.3f} m{extra}")
-    return "; ".join(parts) + f" -> {out / 'metrics.json'}"
+            point = f"abs_rel {m['abs_rel']:.4f}, rmse {m['rmse']:.3f} m, " if "abs_rel" in m else ""
+            parts.append(f"{name}: {point}crps {m['crps']:.4f}")
+    protocol = metrics.get("settings", {}).get("protocol", "pooled")
+    return f"protocol {protocol}: " + "; ".join(parts) + f" -> {out / 'metrics.json'}"

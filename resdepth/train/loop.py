@@ -99,15 +99,17 @@ class Trainer:
                 max_consecutive_skips=cfg.data.max_consecutive_skips,
                 index=_read_index_or_none(cfg.data.root, "val"))
 
-        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         patching = bool(cfg.diffusion.patch_shape)
         self.spec = arch_spec(cfg.model, cfg.model.stage, self.bins, [self.height, self.width], patching)
-        net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data)
         self.regression_net = None
+        self.residual_scale: dict[str, float] = {}
         if cfg.model.stage == "diffusion":
             reg_spec = arch_spec(cfg.model, "regression", self.bins, [self.height, self.width])
             self.regression_net = load_regression_net(cfg.model.regression_ckpt, reg_spec,
                                                       self.norm, self.device)
+            self.residual_scale = self.measure_residual_scale(train_src)
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data)
         self.loss_fn_core = build_loss(cfg, self.regression_net)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.dry_run = dry_run
@@ -122,6 +124,26 @@ class Trainer:
         self.interval = {"loss_sum": 0.0, "n": 0, "nonfinite": 0}
         self.stop = StopFlag()
         self.saved_step = -1
+
+    def measure_residual_scale(self, train_src: str) -> dict[str, float]:
+        """Measure the residual std on the train split; unset sigma_data, P_mean and sigma_max
+        of ``cfg.diffusion`` follow from it (the values go into checkpoints and the export)."""
+        from resdepth.data.loader import ShardStream, split_urls
+        from resdepth.diffusion.config import resolve_residual_scale
+        from resdepth.train.stage import measure_residual_std
+
+        d = self.cfg.diffusion
+        stream = ShardStream(split_urls(train_src, None), mode="eval", batch_size=self.micro_batch,
+                             num_workers=0, seed=self.cfg.run.seed, norm=self.norm,
+                             on_error=self.cfg.data.on_error, index=self.index)
+        std = measure_residual_std(self.regression_net, stream, self.device, d.residual_samples)
+        given = {k: getattr(d, k) for k in ("sigma_data", "P_mean", "sigma_max")}
+        scale = resolve_residual_scale(d, std)
+        log.info("residual std %.4f (normalised depth, %d train samples per rank): sigma_data %.4f, "
+                 "P_mean %.3f, sampler sigma_max %.3f%s", std, d.residual_samples, d.sigma_data,
+                 d.P_mean, d.sigma_max, "" if all(v is None for v in given.values()) else
+                 f" (given: {', '.join(k for k, v in given.items() if v is not None)})")
+        return scale
 
     # ---- resume --------------------------------------------------------------------------
     def resume(self) -> Optional[Path]:
@@ -207,7 +229,7 @@ class Trainer:
         per_rank = {"rng": rng_state(), "data": self.train_stream.state_dict()}
         meta = {"spec": self.spec, "backend": self.engine.name, "images_seen": self.images_seen,
                 "config_hash": config_hash(self.cfg), "resume_hash": resumable_hash(self.cfg),
-                "norm": self.norm.to_dict(), "sigma_data": self.cfg.diffusion.sigma_data}
+                "norm": self.norm.to_dict(), **self.scale_meta()}
         self.last_save_time = time.monotonic()
         self.saved_step = self.step
         return self.checkpointer.save(self.step, shared, per_rank, meta, self.engine.save_into)
@@ -219,14 +241,18 @@ class Trainer:
         from resdepth.models.export import save_export
 
         net = self.ema.net if self.ema is not None else self.engine.module
-        meta = {"spec": self.spec, "sigma_data": self.cfg.diffusion.sigma_data,
-                "norm": self.norm.to_dict(),
+        meta = {"spec": self.spec, **self.scale_meta(), "norm": self.norm.to_dict(),
                 "data": {"bins": self.bins, "height": self.height, "width": self.width},
                 "step": self.step, "images_seen": self.images_seen,
                 "config_hash": config_hash(self.cfg), "weights": "ema" if self.ema else "raw",
                 "regression_ckpt": self.cfg.model.regression_ckpt or None}
         save_export(self.run_dir / "export", net, meta)
         log.info("exported inference weights to %s", self.run_dir / "export")
+
+    def scale_meta(self) -> dict[str, Any]:
+        """sigma_data and, in stage 2, the measured residual std and the resolved noise settings."""
+        d = self.cfg.diffusion
+        return {"sigma_data": d.sigma_data, **self.residual_scale}
 
     # ---- one step ------------------------------------------------------------------------
     def loss_fn(self, model: torch.nn.Module, batch: dict, micro: int) -> torch.Tensor:

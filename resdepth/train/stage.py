@@ -29,6 +29,32 @@ def build_loss(cfg: Config, regression_net: Optional[torch.nn.Module]) -> Callab
                                           generator=gen)
 
 
+@torch.no_grad()
+def measure_residual_std(regression_net: torch.nn.Module, stream, device: torch.device,
+                         max_samples: int) -> float:
+    """Std over valid pixels of ``depth - regression_net(events)`` (normalised depth) on the first
+    ``max_samples`` samples of ``stream`` (per rank), reduced over ranks."""
+    from resdepth import dist
+
+    totals = torch.zeros(3, dtype=torch.float64)  # pixels, sum, sum of squares
+    seen = 0
+    for batch in stream:
+        if seen >= max_samples:
+            break
+        events = batch["events"].to(device)
+        valid = batch["mask"].to(device).bool()
+        r = (batch["depth"].to(device).float() - regression_net(events).float())[valid].double()
+        totals += torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64),
+                               r.sum().cpu(), (r ** 2).sum().cpu()])
+        seen += events.shape[0]
+    dist.all_reduce_sum(totals)
+    if totals[0] < 2:
+        raise ValueError("no valid depth pixel in the train samples read to measure the residual "
+                         "std; set diffusion.sigma_data explicitly")
+    mean = totals[1] / totals[0]
+    return float((totals[2] / totals[0] - mean ** 2).clamp_min(0).sqrt())
+
+
 def load_regression_net(path: str, expected_spec: dict, norm, device: torch.device) -> torch.nn.Module:
     """The frozen stage-1 net from a run directory, a checkpoint directory or an exported file.
 

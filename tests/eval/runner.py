@@ -100,7 +100,8 @@ def assert_metrics_close(a: dict, b: dict, rel: float = 1e-6) -> None:
 
     assert a["num_samples"] == b["num_samples"]
     assert a["num_valid_pixels"] == b["num_valid_pixels"]
-    for entry in ("baseline", "regression", "diffusion"):
+    for entry in ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
+                  "diffusion_member"):
         assert (entry in a) == (entry in b), entry
         for k, v in a.get(entry, {}).items():
             w = b[entry][k]

@@ -141,9 +141,12 @@ def read_tar(path: Path) -> dict[str, dict]:
 
 
 def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
+    from types import SimpleNamespace
+
     from resdepth.data.format import shard_paths
-    from resdepth.eval.metrics import (add_sums, depth_metric_sums, ensemble_metric_sums,
-                                       finalize)
+    from resdepth.data.norm import DepthNorm
+    from resdepth.eval.metrics import add_sums, finalize
+    from resdepth.eval.run import PREDICTORS, score_batch
 
     preds = {}
     for p in sorted((reference / "predictions").glob("pred-*.tar")):
@@ -152,27 +155,34 @@ def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
     for p in shard_paths(eval_root / "test"):
         truth.update(read_tar(Path(p)))
     assert sorted(preds) == sorted(truth) and len(preds) == NUM_SAMPLES
-    base = torch.from_numpy(np.load(reference / "baseline.npy"))[None, None]
+    base = torch.from_numpy(np.load(reference / "baseline.npy"))[None]
+    ctx = SimpleNamespace(cfg=SimpleNamespace(protocol="pooled"), baseline=base,
+                          depth_range=DepthNorm().valid_range_m())
     sums: dict[str, dict] = {}
     for key in sorted(preds):
         pr, tr = preds[key], truth[key]
         assert pr["regression"].shape == pr["mean"].shape == pr["std"].shape == (1, 32, 32)
         assert pr["regression"].dtype == np.float32 and pr["members"].shape == (2, 1, 32, 32)
-        assert np.allclose(pr["mean"], pr["members"].mean(0), rtol=1e-6)
+        # the mean is taken in normalised space (then clipped to the depth range): between the
+        # members in metres; the median of two members is the lower one
+        lo, hi = pr["members"].min(0), pr["members"].max(0)
+        assert (pr["mean"] >= lo * (1 - 1e-5)).all() and (pr["mean"] <= hi * (1 + 1e-5)).all()
+        assert np.array_equal(pr["median"], lo)
         assert np.allclose(pr["std"], pr["members"].std(0, ddof=1), rtol=1e-4, atol=1e-6)
         depth = torch.from_numpy(tr["depth"])[None]
         mask = torch.from_numpy(tr["mask"])[None] > 0
-        new = {"regression": depth_metric_sums(torch.from_numpy(pr["regression"])[None], depth, mask),
-               "diffusion": depth_metric_sums(torch.from_numpy(pr["mean"])[None], depth, mask),
-               "ensemble": ensemble_metric_sums(torch.from_numpy(pr["members"])[None], depth, mask),
-               "baseline": depth_metric_sums(base, depth, mask)}
-        for k, v in new.items():
+        pred = {k: torch.from_numpy(v)[None] for k, v in pr.items()}
+        for k, v in score_batch(ctx, pred, depth, mask).items():
             sums[k] = add_sums(sums[k], v) if k in sums else v
     m = metrics(reference)
     recomputed = {"num_samples": len(preds), "num_valid_pixels": m["num_valid_pixels"],
-                  "baseline": finalize(sums["baseline"]), "regression": finalize(sums["regression"]),
-                  "diffusion": {**finalize(sums["diffusion"]), **finalize(sums["ensemble"])}}
+                  **{k: finalize(sums[k]) for k in PREDICTORS if k in sums}}
+    assert set(recomputed) - {"num_samples", "num_valid_pixels"} == \
+        {"baseline", "regression", "diffusion", "diffusion_median", "diffusion_member"}
     assert_metrics_close(recomputed, m, rel=1e-9)
+    # the CRPS of a point forecast is its MAE
+    assert m["regression"]["crps"] == pytest.approx(m["regression"]["mae"], rel=1e-9)
+    assert m["settings"]["protocol"] == "pooled"
 
 
 def test_regression_only(eval_root, exports, tmp_path):
@@ -183,7 +193,8 @@ def test_regression_only(eval_root, exports, tmp_path):
                                diffusion=False))
     assert main(cfg) == 0
     m = metrics(out)
-    assert m["num_samples"] == 7 and "diffusion" not in m and "crps" not in m["regression"]
+    assert m["num_samples"] == 7 and "diffusion" not in m and "noise_baseline" not in m
+    assert m["regression"]["crps"] == pytest.approx(m["regression"]["mae"])  # a point forecast
     assert "regression + diffusion" not in (out / "report.md").read_text()
 
 

@@ -119,6 +119,7 @@ def test_spread_skill_of_a_calibrated_ensemble_is_one():
     assert m["spread_skill"] == pytest.approx(1.0, abs=0.08)
 
 
-def test_ensemble_needs_two_members():
-    with pytest.raises(ValueError, match="at least 2"):
-        ensemble_metric_sums(torch.ones(1, 1, 1, 2, 2), torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+def test_one_member_crps_is_its_mae():
+    pred, true = _img(PRED), _img(TRUE)
+    m = finalize(ensemble_metric_sums(pred[:, None], true, torch.ones_like(true)))
+    assert m["crps"] == pytest.approx(17 / 4) and "spread_skill" not in m

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -140,6 +141,14 @@ def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regress
     meta = json.loads((run / "export/model.json").read_text())
     assert meta["spec"]["stage"] == "diffusion" and meta["spec"]["arch"] == "SongUNetPosEmbd"
     assert meta["step"] == 10
+    # The residual scale comes from the data: measured on the train split, recorded with the
+    # weights, and sigma_data, P_mean and the sampler's sigma_max follow from it.
+    std = meta["residual_std"]
+    assert 0 < std < 1 and meta["sigma_data"] == std
+    assert meta["P_mean"] == pytest.approx(math.log(std) - 1.2 - math.log(0.5))
+    assert meta["sigma_max"] == pytest.approx(20 * std)
+    ckpt_meta = json.loads(next((run / "checkpoints").glob("step-*/meta.json")).read_text())
+    assert ckpt_meta["residual_std"] == std
     # A checkpoint directory works as well as the run directory.
     ckpt = regression_run / "checkpoints" / "step-0000020"
     train([*diff, f"run.dir={tmp_path / 'diff2'}", f"model.regression_ckpt={ckpt}", "trainer.max_steps=2"])
@@ -147,6 +156,11 @@ def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regress
     train([*diff, f"run.dir={tmp_path / 'patch'}", "diffusion.patch_shape=[16,16]",
            "diffusion.patch_num=2", "trainer.max_steps=2", "run.val_every=2"])
     assert json.loads((tmp_path / "patch/export/model.json").read_text())["spec"]["patching"] is True
+    given = train([*diff, f"run.dir={tmp_path / 'given'}", "trainer.max_steps=1",
+                   "diffusion.sigma_data=0.3"])
+    given_meta = json.loads((tmp_path / "given/export/model.json").read_text())
+    assert given_meta["sigma_data"] == 0.3 and given_meta["residual_std"] == std
+    assert given_meta["sigma_max"] == pytest.approx(6.0) and given.returncode == 0
     bad = train([*diff, f"run.dir={tmp_path / 'bad'}", "model.model_channels=16"], check=False)
     assert bad.returncode == 1
     assert "different architecture than configured" in bad.stderr
