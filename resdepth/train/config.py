@@ -14,7 +14,7 @@ class RunConfig:
     log_every: int = opt(10, "Steps between stats.jsonl lines and TensorBoard scalars.")
     val_every: int = opt(100, "Steps between validations on the val split, with TensorBoard image panels (0 = never).")
     val_batches: int = opt(4, "Batches per validation (0 = the whole split).")
-    overwrite: bool = opt(False, "With trainer.resume=never: move an existing non-empty run.dir aside (to DIR.old-N) instead of refusing to start.")
+    overwrite: bool = opt(False, "With trainer.resume=never: move an earlier run found in run.dir (checkpoints, stats, tb, export, config, logs) to DIR.old-N instead of refusing to start.")
 
     def check(self) -> list[tuple[str, str]]:
         """(key, problem) for every value out of range."""
