@@ -20,6 +20,7 @@ class DataConfig:
     max_depth: float = opt(80.0, "Dmax in metres for the normalisation; deeper values are clipped.")
     min_depth: float = opt(1.0, "Dmin in metres for the inverse-depth normalisation.")
     alpha: float = opt(3.7, "alpha of the log-depth normalisation 1 + ln(D/Dmax)/alpha.")
+    voxel_norm: Literal["none", "nonzero"] = opt("none", "Event voxel normalisation per sample: none, or non-zero cells to zero mean and unit std (E2Depth); recorded in the export.")
     on_error: Literal["raise", "skip"] = opt("raise", "Bad sample: raise naming shard, key and reason, or skip it, count and log it.")
     max_consecutive_skips: int = opt(100, "With on_error=skip: stop with an error after this many bad samples in a row (0: never).")
 

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from resdepth import dist
 from resdepth.data import format as fmt
 from resdepth.data.norm import DepthNorm
+from resdepth.data.voxel import VOXEL_NORMS, apply_voxel_norm
 
 log = logging.getLogger("resdepth")
 
@@ -128,6 +129,7 @@ class _Plan:
     on_error: str
     max_consecutive_skips: int = 100
     shapes: Optional[dict] = None
+    voxel_norm: str = "none"
     worker: int = 0
     pending_skips: int = field(default=0, repr=False)
     logged_skips: int = field(default=0, repr=False)
@@ -260,15 +262,19 @@ class _Plan:
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
         # torch converts float16 to float32 many times faster than numpy's astype
         ev = torch.from_numpy(np.stack([s["events"] for s in samples])).to(torch.float32).numpy()
+        if self.voxel_norm != "none":  # per whole frame, before any crop
+            ev = np.stack([apply_voxel_norm(e, self.voxel_norm) for e in ev])
         depth = np.stack([s["depth"] for s in samples]).astype(np.float32)
         mask = np.stack([s["mask"] for s in samples]).astype(np.float32)
+        origin = np.zeros((len(samples), 2), dtype=np.int64)
         if self.mode == "train" and (self.crop or self.flip):
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.worker, batch_no])
-            ev, depth, mask = _augment(ev, depth, mask, self.crop, self.flip, rng)
+            ev, depth, mask, origin = _augment(ev, depth, mask, self.crop, self.flip, rng)
         depth_m = torch.from_numpy(np.ascontiguousarray(depth * (mask > 0)))
         out = {"key": [s["key"] for s in samples], "events": torch.from_numpy(np.ascontiguousarray(ev)),
                "depth": self.norm.normalize(depth_m), "depth_m": depth_m,
-               "mask": torch.from_numpy(np.ascontiguousarray(mask))}
+               "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+               "origin": torch.from_numpy(origin)}
         out["_skipped"], self.pending_skips = self.pending_skips, 0
         return out
 
@@ -312,20 +318,26 @@ class _Plan:
 
 
 def _augment(ev: np.ndarray, depth: np.ndarray, mask: np.ndarray, crop: Optional[tuple[int, int]],
-             flip: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The same random crop and horizontal flip for events, depth and mask of each sample."""
+             flip: bool, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The same random crop and horizontal flip for events, depth and mask of each sample, and
+    each crop's ``origin`` (top, left) in the frame as presented: a flipped crop is the crop of the
+    flipped frame at ``(top, W - left - width)`` (the positional grid of ``SongUNetPosEmbd`` is cut
+    there)."""
     n, _, H, W = ev.shape
     ch, cw = crop if crop else (H, W)
     if ch > H or cw > W:
         raise ValueError(f"crop {list(crop)} is larger than the frames ({H}x{W})")
     outs: list[list[np.ndarray]] = [[], [], []]
+    origin = np.zeros((n, 2), dtype=np.int64)
     for i in range(n):
         y0, x0 = int(rng.integers(H - ch + 1)), int(rng.integers(W - cw + 1))
         f = flip and bool(rng.random() < 0.5)
+        origin[i] = (y0, W - x0 - cw if f else x0)
         for k, a in enumerate((ev, depth, mask)):
             c = a[i, :, y0:y0 + ch, x0:x0 + cw]
             outs[k].append(c[..., ::-1] if f else c)
-    return np.stack(outs[0]), np.stack(outs[1]), np.stack(outs[2])
+    return np.stack(outs[0]), np.stack(outs[1]), np.stack(outs[2]), origin
 
 
 class _WorkerDataset(IterableDataset):
@@ -357,9 +369,10 @@ def _init_worker(_: int) -> None:
 class ShardStream:
     """Batches from tar shards for one rank (see the module docstring for the guarantees).
 
-    Each batch is a dict: ``key`` list[str], ``events`` float32 [N,B,H,W], ``depth`` float32
-    [N,1,H,W] (normalised, 0 where invalid), ``depth_m`` float32 [N,1,H,W] metres, ``mask``
-    float32 [N,1,H,W] (1 = valid).
+    Each batch is a dict: ``key`` list[str], ``events`` float32 [N,B,H,W] (after ``voxel_norm``),
+    ``depth`` float32 [N,1,H,W] (normalised, 0 where invalid), ``depth_m`` float32 [N,1,H,W]
+    metres, ``mask`` float32 [N,1,H,W] (1 = valid), ``origin`` int64 [N,2] (top, left of each
+    training crop in the frame; zeros for whole frames).
     """
 
     def __init__(self, urls: list[str] | str, *, mode: str = "train", batch_size: int,
@@ -367,7 +380,7 @@ class ShardStream:
                  flip: bool = False, norm: DepthNorm = DepthNorm(), shuffle_buffer: int = 256,
                  on_error: str = "raise", rank: Optional[int] = None,
                  world_size: Optional[int] = None, index: Optional[dict] = None,
-                 max_consecutive_skips: int = 100):
+                 max_consecutive_skips: int = 100, voxel_norm: str = "none"):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
         if on_error not in ("raise", "skip"):
@@ -387,6 +400,9 @@ class ShardStream:
         self.rank = dist.rank() if rank is None else int(rank)
         self.world_size = dist.world_size() if world_size is None else int(world_size)
         self.index = index
+        if voxel_norm not in VOXEL_NORMS:
+            raise ValueError(f"voxel_norm {voxel_norm!r}: expected one of {list(VOXEL_NORMS)}")
+        self.voxel_norm = voxel_norm
         self.counts = _counts_from_index(self.urls, index)
         if self.counts is None and mode == "train":
             self.counts = [count_samples(u) for u in self.urls]
@@ -421,7 +437,7 @@ class ShardStream:
                      len(self) if self.mode == "train" else 0,
                      self.position if self.mode == "train" else 0, self.crop, self.flip,
                      self.norm, self.shuffle_buffer, self.on_error,
-                     self.max_consecutive_skips, shapes)
+                     self.max_consecutive_skips, shapes, self.voxel_norm)
 
     def _batches(self) -> Iterator[dict]:
         plan = self._plan()

@@ -96,3 +96,16 @@ def normalize_voxel(grid: np.ndarray) -> np.ndarray:
     out = grid.copy()
     out[nz] = (vals - vals.mean()) / (std if std > 0 else 1.0)
     return out
+
+
+VOXEL_NORMS = ("none", "nonzero")
+
+
+def apply_voxel_norm(grid: np.ndarray, kind: str) -> np.ndarray:
+    """The network's view of one sample's voxel grid: ``none`` as stored, ``nonzero`` through
+    ``normalize_voxel`` (the loader, the evaluator and stage 2 all call this)."""
+    if kind == "none":
+        return grid
+    if kind == "nonzero":
+        return normalize_voxel(grid)
+    raise ValueError(f"voxel normalisation {kind!r}: expected one of {list(VOXEL_NORMS)}")

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from resdepth.diffusion.patching import patch_condition, random_patch_index, take_patches
+from resdepth.diffusion.patching import crop_index, patch_condition, random_patch_index, take_patches
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -21,14 +21,21 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return total / valid.sum().clamp_min(1)
 
 
+def _crop_index(origin: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
+    # where each training crop sits in the frame, for the positional grid of SongUNetPosEmbd
+    return None if origin is None else crop_index(origin.to(like.device), like.shape[-2:])
+
+
 class RegressionLoss:
     """Stage 1: masked MSE between ``net(cond)`` and the depth."""
 
     def __call__(self, net: nn.Module, depth: torch.Tensor, cond: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over valid pixels; ``depth, mask [N, 1, H, W]``, ``cond [N, C, H, W]``."""
+                 mask: torch.Tensor, origin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean squared error over valid pixels; ``depth, mask [N, 1, H, W]``, ``cond [N, C, H, W]``,
+        ``origin [N, 2]`` the crops' top-left pixels in the frame (None: whole frames)."""
         valid = mask.bool()
-        pred = net(cond)
+        index = _crop_index(origin, cond)
+        pred = net(cond) if index is None else net(cond, global_index=index)
         # zero before squaring: a NaN depth under the mask must not reach the gradient either
         err = torch.where(valid, pred - torch.where(valid, depth, 0.0), 0.0)
         return masked_mean(err ** 2, valid)
@@ -65,25 +72,36 @@ class ResidualLoss:
         return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
 
     @torch.no_grad()
-    def mean(self, cond: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def mean(self, cond: torch.Tensor, like: torch.Tensor,
+             global_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Frozen regression mean (zeros when there is no regression net)."""
         if self.regression_net is None:
             return torch.zeros_like(like, dtype=torch.float32)
-        return self.regression_net(cond).to(torch.float32)
+        if global_index is None:
+            return self.regression_net(cond).to(torch.float32)
+        return self.regression_net(cond, global_index=global_index).to(torch.float32)
 
     def __call__(self, net: nn.Module, depth: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Weighted denoising error over valid pixels; ``net(x, sigma, cond, global_index=...)``."""
+                 generator: Optional[torch.Generator] = None,
+                 origin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Weighted denoising error over valid pixels; ``net(x, sigma, cond, global_index=...)``.
+
+        ``origin [N, 2]``: top-left pixels of training crops in the frame (None: whole frames);
+        the positional grid is cut at the crop's (and the patch's) place in the frame.
+        """
         valid = mask.bool()
-        mean = self.mean(cond, depth)
+        global_index = _crop_index(origin, cond)
+        mean = self.mean(cond, depth, global_index)
         y = torch.where(valid, depth.to(torch.float32) - mean, 0.0)
         net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if self.hr_mean_conditioning else cond
-        global_index = None
         if self.patch_shape is not None:
-            global_index = random_patch_index(y.shape[0], y.shape[-2:], self.patch_shape,
-                                              self.patch_num, generator, y.device)
-            y, valid = take_patches(y, global_index), take_patches(valid, global_index)
-            net_cond = patch_condition(take_patches(net_cond, global_index), cond)
+            local = random_patch_index(y.shape[0], y.shape[-2:], self.patch_shape,
+                                       self.patch_num, generator, y.device)
+            y, valid = take_patches(y, local), take_patches(valid, local)
+            net_cond = patch_condition(take_patches(net_cond, local), cond)
+            if global_index is not None:  # patch position in the frame = in the crop + crop origin
+                local = local + origin.to(y.device).repeat_interleave(self.patch_num, 0)[:, :, None, None]
+            global_index = local
         n = y.shape[0]
         rnd_normal = torch.randn([n, 1, 1, 1], generator=generator, device=y.device)
         sigma = (rnd_normal * self.P_std + self.P_mean).exp()

@@ -101,6 +101,16 @@ def random_patch_index(batch_size: int, img_shape: Sequence[int], patch_shape: S
     return torch.stack([rows, cols], dim=1)
 
 
+def crop_index(origin: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``global_index [N, 2, h, w]`` of crops of ``shape`` whose top-left pixels are ``origin [N, 2]``
+    in the frame (one index row per image: the layout of ``take_patches`` with one patch each)."""
+    h, w = int(shape[0]), int(shape[1])
+    rows = torch.arange(h, device=origin.device)[None, :, None] + origin[:, 0, None, None]
+    cols = torch.arange(w, device=origin.device)[None, None, :] + origin[:, 1, None, None]
+    n = origin.shape[0]
+    return torch.stack([rows.expand(n, h, w), cols.expand(n, h, w)], dim=1)
+
+
 def patch_condition(cond_patches: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
     """Append the whole-image condition, resized to the patch, to each patch's own condition.
 

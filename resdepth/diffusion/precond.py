@@ -9,7 +9,8 @@ Channel layout of the U-Net input, fixed here so that the trainer, the loss and 
     residual:    [c_in * x (img_channels), regression mean (img_channels, if hr_mean_conditioning),
                   cond, cond resized to the patch (only when the net is trained on patches)]
 
-The wrappers only see ``cond`` as one tensor: the loss and the samplers build it (regression mean
+Both wrappers run the U-Net on frames of any size: padded to its multiple and cropped back
+(``resdepth.models.padding``). The wrappers only see ``cond`` as one tensor: the loss and the samplers build it (regression mean
 first, then the condition, then the resized full condition; see ``patching.patch_condition``).
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
+
+from resdepth.models.padding import run_padded
 
 
 def regression_in_channels(cond_channels: int, img_channels: int = 1) -> int:
@@ -34,15 +37,6 @@ def residual_in_channels(cond_channels: int, img_channels: int = 1, hr_mean_cond
     if patching:
         n += cond_channels  # the whole condition, resized to the patch
     return n
-
-
-def _call_unet(unet: nn.Module, x: torch.Tensor, noise_labels: torch.Tensor,
-               global_index: Optional[torch.Tensor]) -> torch.Tensor:
-    # Only SongUNetPosEmbd takes global_index (to slice its positional grid); a plain SongUNet is
-    # translation-equivariant and needs no patch position, so the index is dropped for it.
-    if global_index is None or not getattr(unet, "takes_global_index", False):
-        return unet(x, noise_labels, None)
-    return unet(x, noise_labels, None, global_index=global_index)
 
 
 class RegressionNet(nn.Module):
@@ -62,7 +56,7 @@ class RegressionNet(nn.Module):
         n, _, h, w = cond.shape
         x = torch.zeros(n, self.img_channels, h, w, dtype=cond.dtype, device=cond.device)
         noise_labels = torch.zeros(n, dtype=cond.dtype, device=cond.device)
-        return _call_unet(self.unet, torch.cat([x, cond], dim=1), noise_labels, global_index)
+        return run_padded(self.unet, torch.cat([x, cond], dim=1), noise_labels, global_index)
 
 
 class EDMResidualNet(nn.Module):
@@ -98,5 +92,5 @@ class EDMResidualNet(nn.Module):
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
         c = self.coefficients(sigma)
         arg = torch.cat([c["c_in"] * x, cond.to(torch.float32)], dim=1)
-        F_x = _call_unet(self.unet, arg, c["c_noise"].flatten(), global_index)
+        F_x = run_padded(self.unet, arg, c["c_noise"].flatten(), global_index)
         return c["c_skip"] * x + c["c_out"] * F_x.to(torch.float32)

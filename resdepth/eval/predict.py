@@ -27,6 +27,11 @@ class Nets:
         d = self.regression_meta["data"]
         return int(d["bins"]), int(d["height"]), int(d["width"])
 
+    @property
+    def voxel_norm(self) -> str:
+        """Event normalisation the nets were trained with (``data.voxel_norm``)."""
+        return str(self.regression_meta["data"].get("voxel_norm", "none"))
+
     def identity(self) -> dict[str, Any]:
         """What names the weights in the settings hash: step, config hash, file size."""
         out = {}

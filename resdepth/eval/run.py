@@ -241,6 +241,7 @@ def score_batch(ctx: Context, pred: dict[str, torch.Tensor], depth: torch.Tensor
 
 def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     """Predict every sample of ``unit``, write its predictions and previews, then (last) its part."""
+    from resdepth.data.voxel import apply_voxel_norm
     from resdepth.eval.reader import iter_samples, prefetch
 
     cfg = ctx.cfg
@@ -255,7 +256,8 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
         for batch in batches(samples, cfg.batch):
             keys = [s.key for s in batch]
             unit_keys += keys
-            events = torch.from_numpy(np.stack([s.events for s in batch])).to(ctx.device)
+            events = torch.from_numpy(np.stack([apply_voxel_norm(s.events, ctx.nets.voxel_norm)
+                                                for s in batch])).to(ctx.device)
             depth = torch.from_numpy(np.stack([s.depth for s in batch]))
             mask = torch.from_numpy(np.stack([s.mask for s in batch]))
             pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}

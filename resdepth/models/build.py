@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from resdepth.models.config import ModelConfig
+from resdepth.models.padding import unet_resolution
 
 ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
              "dropout", "embedding_type", "encoder_type", "decoder_type", "resample_filter",
@@ -24,18 +25,48 @@ class ArchitectureMismatch(ValueError):
 
 def unet_kwargs(cfg: ModelConfig, arch: str, img_resolution: list[int], in_channels: int,
                 out_channels: int = 1) -> dict[str, Any]:
-    """Constructor arguments (PhysicsNeMo names) of ``arch`` for the configured sizes.
+    """Constructor arguments (PhysicsNeMo names) of ``arch`` for frames of ``img_resolution``.
 
-    ``in_channels`` counts every input channel of the U-Net's first convolution: for
-    ``SongUNetPosEmbd`` that includes the ``N_grid_channels`` of its positional grid.
+    The U-Net's ``img_resolution`` is the frame padded to its multiple (``models.padding``), the
+    size of its feature maps and of its positional grid. ``in_channels`` counts every input
+    channel of the U-Net's first convolution: for ``SongUNetPosEmbd`` that includes the
+    ``N_grid_channels`` of its positional grid.
     """
-    kw: dict[str, Any] = {"img_resolution": list(img_resolution), "in_channels": in_channels,
+    resolution = unet_resolution(img_resolution, len(cfg.channel_mult))
+    check_attention(cfg, img_resolution, resolution)
+    kw: dict[str, Any] = {"img_resolution": resolution, "in_channels": in_channels,
                           "out_channels": out_channels}
     kw.update({k: getattr(cfg, k) for k in ARCH_KEYS})
+    if not cfg.bottleneck_attention:  # absent = PhysicsNeMo's default (True): older specs stay equal
+        kw["bottleneck_attention"] = False
     if arch == "SongUNetPosEmbd":
         kw.update({k: getattr(cfg, k) for k in POS_EMBD_KEYS})
         kw["in_channels"] += cfg.N_grid_channels  # as in PhysicsNeMo: in_channels counts the grid
     return kw
+
+
+def level_shapes(resolution: list[int], levels: int) -> list[tuple[int, int]]:
+    """``(height, width)`` of the feature maps of each level of a U-Net on a padded frame."""
+    return [(resolution[0] >> lv, resolution[1] >> lv) for lv in range(levels)]
+
+
+def check_attention(cfg: ModelConfig, frame: list[int], resolution: list[int]) -> None:
+    """Refuse ``attn_resolutions`` that match no level, naming the levels' sizes.
+
+    A level matches ``r`` when the height of its feature maps is ``r`` (PhysicsNeMo's rule, so
+    CorrDiff checkpoints keep their layers; for the landscape frames of event cameras it is the
+    shorter side): a 260x346 frame padded to 264x352 has levels 264x352, 132x176, 66x88, 33x44
+    with ``channel_mult`` of length 4, so ``attn_resolutions: [33]`` puts attention at the last.
+    """
+    shapes = level_shapes(resolution, len(cfg.channel_mult))
+    heights = [h for h, _ in shapes]
+    unknown = [r for r in cfg.attn_resolutions if r not in heights]
+    if unknown:
+        levels = ", ".join(f"{h}x{w}" for h, w in shapes)
+        raise ValueError(f"model.attn_resolutions {unknown} match no level of the U-Net for "
+                         f"{frame[0]}x{frame[1]} frames (padded to {resolution[0]}x{resolution[1]}; "
+                         f"levels {levels}): a level matches its feature-map height, choose from "
+                         f"{heights} or []")
 
 
 def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: list[int],

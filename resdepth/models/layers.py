@@ -210,7 +210,9 @@ class Attention(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each (B, heads, HW, C/heads)
+        # contiguous rows: the fused (flash / memory-efficient) kernels need a unit last stride and
+        # otherwise fall back to the math path, which holds the whole HW x HW matrix in memory
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)  # each (B, heads, HW, C/heads)
         a = F.scaled_dot_product_attention(q, k, v)  # default scale is 1/sqrt(C/heads)
         return self.proj(a.transpose(-1, -2).reshape(b, c, h, w)).add_(x)
 

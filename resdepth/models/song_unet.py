@@ -166,6 +166,11 @@ class SongUNet(torch.nn.Module):
         modules[name] = module
         plan.append((name, role))
 
+    @property
+    def input_multiple(self) -> int:
+        """Input heights and widths must be multiples of this (``2**(levels-1)``)."""
+        return self._input_shape_mult
+
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor,
                 class_labels: Optional[torch.Tensor] = None,
@@ -354,6 +359,9 @@ class SongUNetPosEmbd(SongUNet):
             raise ValueError("positional_embedding_indexing needs N_grid_channels > 0")
         grid = self.pos_embd.to(x.dtype)
         if global_index is None:
+            if tuple(x.shape[-2:]) != tuple(grid.shape[-2:]):
+                raise ValueError(f"input {tuple(x.shape[-2:])} is not the size of the positional grid "
+                                 f"{tuple(grid.shape[-2:])}: a crop or patch needs its global_index")
             return grid[None].expand(x.shape[0], -1, -1, -1)
         p = global_index.shape[0]
         rows, cols = global_index[:, 0].long(), global_index[:, 1].long()  # (P, H_p, W_p)

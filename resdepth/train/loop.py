@@ -89,7 +89,7 @@ class Trainer:
             self.train_urls, mode="train", batch_size=per_rank, num_workers=cfg.data.num_workers,
             seed=cfg.run.seed, crop=crop, flip=cfg.data.flip, norm=self.norm,
             shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error, index=self.index,
-            max_consecutive_skips=cfg.data.max_consecutive_skips)
+            max_consecutive_skips=cfg.data.max_consecutive_skips, voxel_norm=cfg.data.voxel_norm)
         self.val_stream = None
         val_src = cfg.data.val_urls or (str(Path(cfg.data.root) / "val") if cfg.data.root else None)
         if cfg.run.val_every > 0 and val_src and (cfg.data.val_urls or Path(val_src).is_dir()):
@@ -97,7 +97,7 @@ class Trainer:
                 split_urls(val_src, None), mode="eval", batch_size=per_rank, num_workers=0,
                 seed=cfg.run.seed, norm=self.norm, on_error=cfg.data.on_error,
                 max_consecutive_skips=cfg.data.max_consecutive_skips,
-                index=_read_index_or_none(cfg.data.root, "val"))
+                index=_read_index_or_none(cfg.data.root, "val"), voxel_norm=cfg.data.voxel_norm)
 
         patching = bool(cfg.diffusion.patch_shape)
         self.spec = arch_spec(cfg.model, cfg.model.stage, self.bins, [self.height, self.width], patching)
@@ -106,7 +106,7 @@ class Trainer:
         if cfg.model.stage == "diffusion":
             reg_spec = arch_spec(cfg.model, "regression", self.bins, [self.height, self.width])
             self.regression_net = load_regression_net(cfg.model.regression_ckpt, reg_spec,
-                                                      self.norm, self.device)
+                                                      self.norm, self.device, cfg.data.voxel_norm)
             self.residual_scale = self.measure_residual_scale(train_src)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data)
@@ -114,6 +114,7 @@ class Trainer:
         self.num_params = sum(p.numel() for p in net.parameters())
         self.dry_run = dry_run
         if dry_run:
+            self.net = net.to(self.device)
             return
         self.engine = make_engine(net, tc, self.device, per_rank)
         self.ema = EMA(self.engine.module, tc.ema_halflife_images) if tc.ema_halflife_images > 0 else None
@@ -135,7 +136,8 @@ class Trainer:
         d = self.cfg.diffusion
         stream = ShardStream(split_urls(train_src, None), mode="eval", batch_size=self.micro_batch,
                              num_workers=0, seed=self.cfg.run.seed, norm=self.norm,
-                             on_error=self.cfg.data.on_error, index=self.index)
+                             on_error=self.cfg.data.on_error, index=self.index,
+                             voxel_norm=self.cfg.data.voxel_norm)
         std = measure_residual_std(self.regression_net, stream, self.device, d.residual_samples)
         given = {k: getattr(d, k) for k in ("sigma_data", "P_mean", "sigma_max")}
         scale = resolve_residual_scale(d, std)
@@ -229,7 +231,7 @@ class Trainer:
         per_rank = {"rng": rng_state(), "data": self.train_stream.state_dict()}
         meta = {"spec": self.spec, "backend": self.engine.name, "images_seen": self.images_seen,
                 "config_hash": config_hash(self.cfg), "resume_hash": resumable_hash(self.cfg),
-                "norm": self.norm.to_dict(), **self.scale_meta()}
+                "norm": self.norm.to_dict(), **self.scale_meta(), "data": self.data_meta()}
         self.last_save_time = time.monotonic()
         self.saved_step = self.step
         return self.checkpointer.save(self.step, shared, per_rank, meta, self.engine.save_into)
@@ -242,7 +244,7 @@ class Trainer:
 
         net = self.ema.net if self.ema is not None else self.engine.module
         meta = {"spec": self.spec, **self.scale_meta(), "norm": self.norm.to_dict(),
-                "data": {"bins": self.bins, "height": self.height, "width": self.width},
+                "data": self.data_meta(),
                 "step": self.step, "images_seen": self.images_seen,
                 "config_hash": config_hash(self.cfg), "weights": "ema" if self.ema else "raw",
                 "regression_ckpt": self.cfg.model.regression_ckpt or None}
@@ -253,6 +255,30 @@ class Trainer:
         """sigma_data and, in stage 2, the measured residual std and the resolved noise settings."""
         d = self.cfg.diffusion
         return {"sigma_data": d.sigma_data, **self.residual_scale}
+
+    def data_meta(self) -> dict[str, Any]:
+        """The input a net of this run expects: voxel grid shape and event normalisation."""
+        return {"bins": self.bins, "height": self.height, "width": self.width,
+                "voxel_norm": self.cfg.data.voxel_norm}
+
+    @torch.no_grad()
+    def dry_forward(self, images: int = 2) -> list[str]:
+        """One forward pass of the loss on the first ``images`` of the first real training batch
+        (and validation batch), so that size and configuration errors show before a job is queued
+        (quickly, even on a CPU login node); one line per batch."""
+        lines = []
+        streams = [("train", self.train_stream)] + ([("val", self.val_stream)] if self.val_stream else [])
+        self.net.eval()
+        for name, stream in streams:
+            batch = next(iter(stream))
+            batch = {k: (v[:images].to(self.device) if torch.is_tensor(v) else v[:images])
+                     for k, v in batch.items()}
+            gen = torch.Generator(self.device).manual_seed(self.cfg.run.seed)
+            t0 = time.perf_counter()
+            loss = float(self.loss_fn_core(self.net, batch, gen))
+            lines.append(f"{name} batch {list(batch['events'].shape)}: loss {loss:.5f} "
+                         f"({time.perf_counter() - t0:.2f} s forward)")
+        return lines
 
     # ---- one step ------------------------------------------------------------------------
     def loss_fn(self, model: torch.nn.Module, batch: dict, micro: int) -> torch.Tensor:
@@ -486,6 +512,8 @@ def main(cfg: Config, dry_run: bool = False) -> int:
                         f"{trainer.bins}x{trainer.height}x{trainer.width}, "
                         f"{trainer.micro_batch} images per rank per micro-batch, "
                         f"{len(trainer.train_stream)} batches per epoch per rank")
+            for line in trainer.dry_forward():
+                dist.print0(f"dry run: {line}")
             ok = True
             return 0
         code = trainer.run()

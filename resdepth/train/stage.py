@@ -20,13 +20,14 @@ def build_loss(cfg: Config, regression_net: Optional[torch.nn.Module]) -> Callab
 
     if cfg.model.stage == "regression":
         core = RegressionLoss()
-        return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"])
+        return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"],
+                                              origin=batch.get("origin"))
     d = cfg.diffusion
     core = ResidualLoss(regression_net, P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
                         hr_mean_conditioning=cfg.model.hr_mean_conditioning,
                         patch_shape=tuple(d.patch_shape) or None, patch_num=d.patch_num)
     return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"],
-                                          generator=gen)
+                                          generator=gen, origin=batch.get("origin"))
 
 
 @torch.no_grad()
@@ -55,10 +56,12 @@ def measure_residual_std(regression_net: torch.nn.Module, stream, device: torch.
     return float((totals[2] / totals[0] - mean ** 2).clamp_min(0).sqrt())
 
 
-def load_regression_net(path: str, expected_spec: dict, norm, device: torch.device) -> torch.nn.Module:
+def load_regression_net(path: str, expected_spec: dict, norm, device: torch.device,
+                        voxel_norm: str = "none") -> torch.nn.Module:
     """The frozen stage-1 net from a run directory, a checkpoint directory or an exported file.
 
-    Refuses weights of another architecture or another depth normalisation, naming what differs.
+    Refuses weights of another architecture, another depth normalisation or another event voxel
+    normalisation, naming what differs.
     """
     from resdepth.models.export import load_export, load_unet_state
     from resdepth.train.checkpoint import Checkpointer, safe_load
@@ -92,6 +95,10 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
     if meta.get("norm") is not None and meta["norm"] != norm.to_dict():
         raise ValueError(f"{source}: the regression net was trained with depth normalisation "
                          f"{meta['norm']}, this run uses {norm.to_dict()}")
+    trained_voxel_norm = (meta.get("data") or {}).get("voxel_norm", "none")
+    if trained_voxel_norm != voxel_norm:
+        raise ValueError(f"{source}: the regression net was trained with data.voxel_norm="
+                         f"{trained_voxel_norm}, this run uses data.voxel_norm={voxel_norm}")
     log.info("frozen regression net loaded from %s", source)
     return net.eval().requires_grad_(False)
 
