@@ -23,6 +23,9 @@ setup(
         "hdf5plugin>=4.0",
         "pillow>=10",
         "matplotlib>=3.8",
+        "imageio>=2.34",
+        "imageio-ffmpeg>=0.5",
+        "faery>=0.7",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={
@@ -30,6 +33,7 @@ setup(
             "resdepth-shards=shards_tools.cli:main",
             "resdepth-train=resdepth.train.__main__:cli",
             "resdepth-eval=resdepth.eval.__main__:cli",
+            "resdepth-predict=resdepth.predict.__main__:cli",
             "resdepth-launch=launch.__main__:cli",
         ]
     },

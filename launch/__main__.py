@@ -5,10 +5,13 @@
   resdepth-launch pipeline --regression baseline_regression --diffusion baseline_diffusion --root runs/p1
   resdepth-launch eval regression=runs/p1/regression diffusion=runs/p1/diffusion data=demo/shards/test \\
       out=runs/p1/eval2 --array 4
+  resdepth-launch predict regression=runs/p1/regression events=outdoor_day1_data.hdf5 \\
+      window_ms=50 out=runs/p1/pred --array 4
   resdepth-launch status runs/p1          (a pipeline root or a run directory)
   resdepth-launch cancel runs/p1
 
-Every job runs the same ``resdepth.train.main(cfg)`` / ``resdepth.eval.main(cfg)`` a user runs by
+Every job runs the same ``resdepth.train.main(cfg)`` / ``resdepth.eval.main(cfg)`` /
+``resdepth.predict.main(cfg)`` a user runs by
 hand; how requeue works is described in ``launch/jobs.py``.
 """
 from __future__ import annotations
@@ -115,6 +118,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from launch import submit
+
+    cfg = submit.predict_config(args.overrides)
+    if not cfg.out:
+        raise ConfigError("predict needs out=DIR")
+    res, _ = _resources(args)
+    tasks, merge = submit.submit_predict(cfg, res, args.cluster, args.array)
+    print(f"predict array job {tasks.base_id} ({len(tasks.job_ids)} tasks)  {tasks.dir}")
+    print(f"merge job {merge.job_ids[0]} (afterok:{tasks.base_id})  {merge.dir}/frames.csv")
+    if args.cluster != "slurm":
+        submit.wait_done(merge)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from launch import records
     from launch.status import render, render_run
@@ -175,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("predict", help="submit depth prediction on a raw event recording as an "
+                                       "array job plus a merge job",
+                       usage="resdepth-launch predict [regression=RUN events=FILE window_ms=MS "
+                             "out=DIR ... | resdepth-predict flags] --array K [cluster flags]")
+    p.add_argument("--array", type=int, default=1, help="array tasks sharing the windows")
+    _resource_args(p)
+    p.set_defaults(func=cmd_predict)
+
     for name, func, doc in (("status", cmd_status, "table of jobs, states, requeues, checkpoints, logs "
                                                    "(a run without launcher records, e.g. from torchrun: "
                                                    "one line, exit status 0 finished, 3 saved on a stop signal, "
@@ -189,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if extra and args.command != "eval":
+    if extra and args.command not in ("eval", "predict"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "eval":  # resdepth-eval's own flags (--regression RUN ...) pass through
+    if args.command in ("eval", "predict"):  # their own flags (--regression RUN ...) pass through
         args.overrides = extra
     try:
         sys.exit(args.func(args))

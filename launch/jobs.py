@@ -171,17 +171,20 @@ class EvalJob(submitit.helpers.Checkpointable):
             main = self.entry
         code = main(self.cfg)
         if code != 0:
-            raise JobFailed(f"evaluation task {self.cfg.task_id} returned exit code {code}")
+            raise JobFailed(f"array task {self.cfg.task_id} returned exit code {code}")
         return 0
     # checkpoint(): inherited; a requeued task redoes only its missing parts
 
 
 class MergeJob(submitit.helpers.Checkpointable):
-    """After every array task: ``resdepth.eval.merge(out)`` writes ``metrics.json``."""
+    """After every array task: ``resdepth.eval.merge(out)`` writes ``metrics.json`` (or ``entry``
+    writes ``expect``)."""
 
-    def __init__(self, out_dir: str, entry: Optional[Callable[[str], Any]] = None) -> None:
+    def __init__(self, out_dir: str, entry: Optional[Callable[[str], Any]] = None,
+                 expect: str = "metrics.json") -> None:
         self.out_dir = out_dir
         self.entry = entry
+        self.expect = expect
 
     def __call__(self) -> str:
         if self.entry is None:
@@ -189,7 +192,7 @@ class MergeJob(submitit.helpers.Checkpointable):
         else:
             merge = self.entry
         merge(self.out_dir)
-        metrics = Path(self.out_dir) / "metrics.json"
+        metrics = Path(self.out_dir) / self.expect
         if not metrics.exists():
             raise JobFailed(f"merge wrote no {metrics}")
         return str(metrics)

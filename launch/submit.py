@@ -47,6 +47,17 @@ def eval_config(args: list[str]):
     return load_config(EvalConfig, list(args))
 
 
+def predict_config(args: list[str]):
+    """A ``PredictConfig`` from ``key=value`` arguments or ``resdepth-predict`` flags."""
+    from resdepth.predict.config import PredictConfig
+
+    if any(a.startswith("--") for a in args):
+        from resdepth.predict import parse_args
+
+        return parse_args([f for a in args for f in _as_flags(a)])
+    return load_config(PredictConfig, list(args))
+
+
 def _as_flags(arg: str) -> list[str]:
     """``key=value`` as resdepth-eval flags (``--key value``; booleans ``--key`` / ``--no-key``)."""
     if arg.startswith("-") or "=" not in arg:
@@ -82,14 +93,15 @@ def submit_train(cfg, res: Resources, cluster: str, max_requeue: int, stage: str
 
 
 def submit_eval(cfg, res: Resources, cluster: str, array: int,
-                entry: Optional[Callable] = None, merge_entry: Optional[Callable] = None
-                ) -> tuple[Submitted, Submitted]:
-    """``array`` evaluation tasks (one share of the work units each), then a dependent merge job."""
+                entry: Optional[Callable] = None, merge_entry: Optional[Callable] = None,
+                stage: str = "eval", expect: str = "metrics.json") -> tuple[Submitted, Submitted]:
+    """``array`` evaluation tasks (one share of the work units each), then a dependent merge job
+    that must leave ``out/expect``. Prediction uses it with its own ``main`` and ``merge``."""
     out = Path(cfg.out).resolve()
     cfg = dataclasses.replace(cfg, out=str(out), num_tasks=array)
     folder = out / "slurm"
     res = dataclasses.replace(res, nodes=1, tasks_per_node=1, gpus_per_node=min(res.gpus_per_node, 1),
-                              job_name=f"eval-{out.name}")
+                              job_name=f"{stage}-{out.name}")
     ex = make_executor(cluster, folder, res)
     tasks = [EvalJob(dataclasses.replace(cfg, task_id=i), entry=entry) for i in range(array)]
     if cluster == "debug":
@@ -98,17 +110,26 @@ def submit_eval(cfg, res: Resources, cluster: str, array: int,
         with ex.batch():
             jobs = [ex.submit(t) for t in tasks]
     ids = [str(j.job_id) for j in jobs]
-    evals = Submitted("eval", ids, out, jobs)
-    records.add_job(out, evals.base_id, "eval", cluster, folder, dependency=res.dependency,
+    evals = Submitted(stage, ids, out, jobs)
+    records.add_job(out, evals.base_id, stage, cluster, folder, dependency=res.dependency,
                     array=array)
     if cluster != "slurm":  # no dependencies outside Slurm: wait for the tasks
         [j.result() for j in jobs]
     merge_res = dataclasses.replace(res, gpus_per_node=0, dependency=f"afterok:{evals.base_id}",
                                     job_name=f"merge-{out.name}")
     mex = make_executor(cluster, folder, merge_res)
-    mjob = mex.submit(MergeJob(str(out), entry=merge_entry))
+    mjob = mex.submit(MergeJob(str(out), entry=merge_entry, expect=expect))
     records.add_job(out, mjob.job_id, "merge", cluster, folder, dependency=merge_res.dependency)
     return evals, Submitted("merge", [str(mjob.job_id)], out, [mjob])
+
+
+def submit_predict(cfg, res: Resources, cluster: str, array: int) -> tuple[Submitted, Submitted]:
+    """``array`` prediction tasks running ``resdepth.predict.main``, then ``resdepth.predict.merge``
+    (``frames.csv`` and the preview video) after them."""
+    from resdepth.predict import main, merge
+
+    return submit_eval(cfg, res, cluster, array, entry=main, merge_entry=merge, stage="predict",
+                       expect="frames.csv")
 
 
 def wait_done(sub: Submitted) -> None:

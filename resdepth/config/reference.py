@@ -41,8 +41,25 @@ def reference_markdown() -> str:
                 "| key | type | default | meaning |", "|---|---|---|---|"]
         for key, tp, default, doc in iter_fields(EvalConfig):
             out.append(f"| `{key}` | {tp.replace('|', '/')} | {_fmt(default)} | {doc} |")
+        out += _predict_table()
     out += ["", END]
     return "\n".join(out)
+
+
+def _predict_table() -> list[str]:
+    """The flags ``resdepth-predict`` adds to the nets and sampler settings it shares with eval."""
+    import dataclasses
+
+    from resdepth.eval.config import InferenceSettings
+    from resdepth.predict.config import PredictConfig
+
+    shared = {f.name for f in dataclasses.fields(InferenceSettings)}
+    out = ["", "**`resdepth-predict`** (the settings of `resdepth-eval` from `sampler` to `threads`, "
+           "and:)", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, doc in iter_fields(PredictConfig):
+        if key not in shared:
+            out.append(f"| `{key}` | {tp.replace('|', '/')} | {_fmt(default)} | {doc} |")
+    return out
 
 
 def replace_block(text: str, block: str) -> str:

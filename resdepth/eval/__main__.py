@@ -37,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "`resdepth-eval merge DIR` reduces finished parts into metrics.json.",
         epilog="Example: torchrun --nproc-per-node 2 -m resdepth.eval --regression runs/reg "
                "--diffusion runs/diff --data shards/test --out eval --ensemble 8")
+    return add_config_flags(parser, EvalConfig)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
+    """One ``--flag`` per field of the config dataclass ``cls`` (its doc as help), plus
+    ``key=value`` positionals."""
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="settings as key=value (the form resdepth-launch uses); flags win")
-    hints = typing.get_type_hints(EvalConfig)
-    for f in dataclasses.fields(EvalConfig):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp, choices = _flag_type(hints[f.name])
         doc = f.metadata.get("doc", "")
@@ -53,12 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> EvalConfig:
-    """Command-line flags (and ``key=value`` settings) to a typed ``EvalConfig``."""
-    ns = build_parser().parse_intermixed_args(argv)
+def parse_config(cls: type, parser: argparse.ArgumentParser, argv: list[str]):
+    """Flags and ``key=value`` settings of ``parser`` (built by ``add_config_flags``) to ``cls``."""
+    ns = parser.parse_intermixed_args(argv)
     data = parse_overrides(ns.overrides)
     data.update({k: v for k, v in vars(ns).items() if v is not _UNSET and k != "overrides"})
-    return from_dict(EvalConfig, data)
+    return from_dict(cls, data)
+
+
+def parse_args(argv: list[str]) -> EvalConfig:
+    """Command-line flags (and ``key=value`` settings) to a typed ``EvalConfig``."""
+    return parse_config(EvalConfig, build_parser(), argv)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -13,11 +13,10 @@ from resdepth.diffusion.config import SamplerSettings
 
 
 @dataclass
-class EvalConfig(SamplerSettings):
+class InferenceSettings(SamplerSettings):
+    """The nets, how to sample them and how to share the work: what evaluation and prediction share."""
     regression: str = opt("", "Regression run directory, export directory or model.safetensors file.")
     diffusion: Optional[str] = opt(None, "Residual diffusion run directory, export directory or weights file; omitted: regression only.")
-    data: str = opt("", "Split directory holding index.json and tar shards, or shard URLs (brace pattern).")
-    out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
     ensemble: int = opt(8, "Ensemble members drawn per image by the diffusion sampler.")
     steps: int = opt(18, "Sampler steps.")
     protocol: Literal["pooled", "e2depth", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth/RAM-Net score MVSEC: truth capped at Dmax and rescaled per frame, sq_rel err^2/t^2) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
@@ -27,17 +26,24 @@ class EvalConfig(SamplerSettings):
     boundary: int = opt(2, "Boundary pixels padded around each patch.")
     batch: int = opt(4, "Images per forward pass (does not change any prediction).")
     seed: int = opt(0, "Base seed; every member of every sample has its own generator from (seed, key, member).")
-    max_samples: int = opt(0, "Evaluate only the first N samples of the work list (0: all).")
     unit_size: int = opt(64, "Samples per work unit (one part file each); fixed, so the work list does not depend on the world size.")
+    num_tasks: Optional[int] = opt(None, "Slurm array tasks sharing this work (default: SLURM_ARRAY_TASK_COUNT, else 1).")
+    task_id: Optional[int] = opt(None, "This array task's index in [0, num_tasks) (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN).")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Device: each rank's GPU when available, else the CPU.")
+    threads: int = opt(0, "torch.set_num_threads per process (0 keeps the default).")
+
+
+@dataclass
+class EvalConfig(InferenceSettings):
+    """An evaluation: the shared inference settings, the labelled split and what to write."""
+    data: str = opt("", "Split directory holding index.json and tar shards, or shard URLs (brace pattern).")
+    out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
+    max_samples: int = opt(0, "Evaluate only the first N samples of the work list (0: all).")
     save_predictions: bool = opt(False, "Write pred-<unit>.tar shards with regression, ensemble mean and std per sample.")
     save_members: bool = opt(False, "Also store the ensemble members in the prediction shards.")
-    num_tasks: Optional[int] = opt(None, "Slurm array tasks sharing this evaluation (default: SLURM_ARRAY_TASK_COUNT, else 1).")
-    task_id: Optional[int] = opt(None, "This array task's index in [0, num_tasks) (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN).")
     baseline: Optional[str] = opt(None, "Training split for the per-pixel mean-depth baseline (default: sibling train/ of the data split; 'none' disables).")
     num_workers: int = opt(0, "Reader threads prefetching samples per rank.")
     preview: int = opt(4, "Samples shown in samples.png (the first ones of the work list).")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Device: each rank's GPU when available, else the CPU.")
-    threads: int = opt(0, "torch.set_num_threads per process (0 keeps the default).")
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
@@ -45,19 +51,20 @@ NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "num_workers", "devic
                    "save_predictions", "save_members", "regression", "diffusion", "data", "baseline")
 
 
-def result_hash(cfg: EvalConfig, identity: Mapping[str, object]) -> str:
+def result_hash(cfg: InferenceSettings, identity: Mapping[str, object],
+                ignore: tuple[str, ...] = NON_RESULT_KEYS) -> str:
     """Hash of every setting that changes a number in a part, plus the inputs' identities.
 
     ``identity`` names the exports and data by content (export steps, shard list), so that moving a
     directory does not invalidate parts while swapping weights does.
     """
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_RESULT_KEYS}
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
     d["identity"] = dict(identity)
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve_tasks(cfg: EvalConfig, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+def resolve_tasks(cfg: InferenceSettings, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """``(num_tasks, task_id)`` from the config, else the Slurm array variables, else ``(1, 0)``."""
     num, tid = cfg.num_tasks, cfg.task_id
     if num is None and "SLURM_ARRAY_TASK_COUNT" in environ:
@@ -83,24 +90,33 @@ def resolve_tasks(cfg: EvalConfig, environ: Mapping[str, str] = os.environ) -> t
 def validate(cfg: EvalConfig) -> None:
     """Collect every problem of a config that parsed but cannot run."""
     errors = []
-    if not cfg.regression:
-        errors.append("regression: required (run directory, export directory or weights file)")
     if not cfg.data:
         errors.append("data: required (split directory or shard URLs)")
     if not cfg.out:
         errors.append("out: required (output directory)")
+    if cfg.max_samples < 0 or cfg.preview < 0 or cfg.num_workers < 0:
+        errors.append("max_samples, preview and num_workers must be >= 0")
+    errors += inference_errors(cfg)
+    if errors:
+        raise ConfigError("invalid evaluation configuration:\n  " + "\n  ".join(errors))
+
+
+def inference_errors(cfg: InferenceSettings) -> list[str]:
+    """The problems of the settings evaluation and prediction share."""
+    errors = []
+    if not cfg.regression:
+        errors.append("regression: required (run directory, export directory or weights file)")
     for name in ("ensemble", "steps", "batch", "unit_size"):
         if getattr(cfg, name) < 1:
             errors.append(f"{name}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.ensemble < 2 and cfg.diffusion:
         errors.append("ensemble: at least 2 members are needed for the ensemble spread and CRPS")
-    if cfg.max_samples < 0 or cfg.preview < 0 or cfg.num_workers < 0 or cfg.threads < 0:
-        errors.append("max_samples, preview, num_workers and threads must be >= 0")
+    if cfg.threads < 0:
+        errors.append(f"threads: must be >= 0, got {cfg.threads}")
     if cfg.patch < 0:
         errors.append(f"patch: must be >= 0, got {cfg.patch}")
     if cfg.patch and not 0 <= cfg.overlap < cfg.patch:
         errors.append(f"overlap: must be in [0, patch={cfg.patch}), got {cfg.overlap}")
     if cfg.boundary < 0:
         errors.append(f"boundary: must be >= 0, got {cfg.boundary}")
-    if errors:
-        raise ConfigError("invalid evaluation configuration:\n  " + "\n  ".join(errors))
+    return errors

@@ -19,8 +19,10 @@ STALL_S = 1800.0  # stop waiting for parts this long after the last one appeared
 class EvalProgress:
     """Samples done in this task's units (all ranks), plus those of rank 0's unit in flight."""
 
-    def __init__(self, out: Path, units: list[dict], enabled: bool):
+    def __init__(self, out: Path, units: list[dict], enabled: bool, label: str = "eval",
+                 noun: str = "samples"):
         self.out = Path(out)
+        self.noun = noun
         self.plan = {"units": units}
         self.total = sum(u["stop"] - u["start"] for u in units if u["stop"] is not None) or None
         self.enabled = enabled
@@ -39,10 +41,10 @@ class EvalProgress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("samples"), TimeElapsedColumn(), TextColumn("ETA"),
+            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn(noun), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), console=console)
-            self.task = self.bar.add_task("eval", total=self.total, completed=self.done)
+            self.task = self.bar.add_task(label, total=self.total, completed=self.done)
             self.bar.start()
 
     def update(self, extra: int = 0) -> None:
@@ -55,7 +57,8 @@ class EvalProgress:
             self.bar.update(self.task, completed=shown)
         elif time.monotonic() - self.last_log > 30:
             self.last_log = time.monotonic()
-            log.info("progress: %d%s samples", shown, f" / {self.total}" if self.total else "")
+            log.info("progress: %d%s %s", shown, f" / {self.total}" if self.total else "",
+                     self.noun)
 
     def refresh(self) -> None:
         self.done = done_samples(self.out, self.plan)

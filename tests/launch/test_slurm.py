@@ -266,3 +266,34 @@ def test_failed_regression_cancels_dependents(tmp_path, shards):
     out = subprocess.run([sys.executable, "-m", "launch", "status", str(root)],
                          capture_output=True, text=True, check=True).stdout
     assert "never ran" in out and "FAILED" in out
+
+
+def test_predict_array_writes_what_one_process_writes(tmp_path):
+    """``resdepth-launch predict``: two array tasks share the windows, a merge job lists them."""
+    import numpy as np
+
+    from resdepth.predict import main
+    from tests.eval.runner import make_exports
+
+    exports = make_exports(tmp_path / "exports", size=(24, 32))
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0.0, 0.53, 6000))  # 10 whole windows of 50 ms
+    np.savez(tmp_path / "rec.npz", x=rng.integers(0, 32, 6000), y=rng.integers(0, 24, 6000), t=t,
+             p=rng.choice([-1, 1], 6000), height=24, width=32)
+    args = [f"regression={exports['regression']}", f"diffusion={exports['diffusion']}",
+            f"events={tmp_path / 'rec.npz'}", "window_ms=50", "unit_size=2", "ensemble=2",
+            "steps=3", "device=cpu", "video=gif"]
+    cfg = submit.predict_config([*args, f"out={tmp_path / 'array'}"])
+    tasks, merge = submit.submit_predict(cfg, local_resources(1), "slurm", array=2)
+    assert _dependency_of(merge.job_ids[0]).startswith(f"afterok:{tasks.base_id}")
+    assert wait_final(merge.job_ids[0], 600) == "COMPLETED"
+    assert main(submit.predict_config([*args, f"out={tmp_path / 'one'}"])) == 0
+    one, arr = tmp_path / "one", tmp_path / "array"
+    assert (arr / "frames.csv").read_text() == (one / "frames.csv").read_text()
+    assert len((one / "frames.csv").read_text().splitlines()) == 1 + 10
+    for kind in ("depth", "std"):
+        names = sorted(p.name for p in (one / kind).glob("*.npy"))
+        assert names and names == sorted(p.name for p in (arr / kind).glob("*.npy"))
+        assert all((one / kind / n).read_bytes() == (arr / kind / n).read_bytes() for n in names)
+    assert (arr / "preview.gif").exists()
+    assert len(list((arr / "logs").glob("task-*"))) == 2

@@ -31,7 +31,7 @@ __all__ = ["FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream", "L
            "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
            "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
 
-FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")
+FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense", "evt", "aedat4")
 
 
 def reader(format: str) -> ModuleType:

@@ -1,0 +1,55 @@
+"""Configuration of a prediction run: which nets, which recording, how to cut it into windows, what to write."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from resdepth.config.core import ConfigError, opt
+from resdepth.eval.config import InferenceSettings, inference_errors
+
+
+@dataclass
+class PredictConfig(InferenceSettings):
+    """Depth for every window of one event recording (no ground truth needed)."""
+    events: str = opt("", "Event recording: MVSEC <seq>_data.hdf5, .npz with x,y,t,p, Prophesee .raw (EVT2/EVT3), .aedat4, or what --format names.")
+    format: str = opt("auto", "Reader of resdepth.data.sources (npz, mvsec, evt, aedat4, ...); auto: from the file name.")
+    sequence: Optional[str] = opt(None, "Sequence inside a dataset directory (when --events is a directory).")
+    out: str = opt("", "Output directory: depth/, std/, preview/, frames.csv, preview.mp4, parts/.")
+    window_ms: float = opt(0.0, "Window length in milliseconds (consecutive windows from the first event).")
+    window_events: int = opt(0, "Events per window (consecutive, non-overlapping); instead of --window-ms.")
+    max_windows: int = opt(0, "Predict only the first N windows (0: all).")
+    camera: str = opt("left", "Camera of a stereo recording (MVSEC, DSEC, M3ED).")
+    rectify: Literal["auto", "true", "false"] = opt("auto", "Rectify events with the recording's calibration maps: auto uses them when found.")
+    rectify_map: Optional[str] = opt(None, "Rectification map file: .npy float [H, W, 2] or .h5 with 'rectify_map' (DSEC); raw (x, y) -> rectified (x, y).")
+    splat: Optional[Literal["round", "bilinear"]] = opt(None, "Voxel splat of rectified coordinates (default: the one the export records, else round).")
+    depth_format: Literal["npy", "png"] = opt("npy", "Depth files: float32 .npy in metres, or 16-bit .png in millimetres (0 = no depth).")
+    previews: bool = opt(True, "Write a colour preview PNG per window (events, depth, ensemble std).")
+    video: Literal["mp4", "gif", "none"] = opt("mp4", "Preview of the whole recording (mp4 through imageio-ffmpeg, else gif).")
+    fps: float = opt(10.0, "Frames per second of the preview video.")
+
+
+# Settings that change no number in parts/ or the depth files.
+NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "device", "threads", "regression",
+                   "diffusion", "events", "format", "sequence", "previews", "video", "fps",
+                   "depth_format")
+
+
+def window_mode(cfg: PredictConfig) -> str:
+    return "ms" if cfg.window_ms > 0 else "count"
+
+
+def validate(cfg: PredictConfig) -> None:
+    """Collect every problem of a config that parsed but cannot run."""
+    errors = inference_errors(cfg)
+    if not cfg.events:
+        errors.append("events: required (event recording file)")
+    if not cfg.out:
+        errors.append("out: required (output directory)")
+    if (cfg.window_ms > 0) == (cfg.window_events > 0):
+        errors.append("give exactly one of window_ms (> 0) and window_events (> 0)")
+    if cfg.window_ms < 0 or cfg.window_events < 0 or cfg.max_windows < 0:
+        errors.append("window_ms, window_events and max_windows must be >= 0")
+    if cfg.fps <= 0:
+        errors.append(f"fps: must be > 0, got {cfg.fps}")
+    if errors:
+        raise ConfigError("invalid prediction configuration:\n  " + "\n  ".join(errors))

@@ -1,0 +1,213 @@
+"""``main(cfg)``: predict depth for this process's share of a recording's windows; ``merge(out)``:
+``frames.csv`` and the preview video once every window is done.
+
+The machinery is evaluation's: its nets and sampler (``resdepth.eval.predict``), its fixed work
+units split between array tasks and ranks (``resdepth.eval.work``), its part files written last
+(``resdepth.eval.parts``) and its progress bar. A unit is a range of windows; its part holds the
+windows' ``frames.csv`` rows. Every window has its own key, hence its own sampler seeds, so the
+outputs do not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from resdepth import dist
+from resdepth.eval import parts as P
+from resdepth.eval.config import resolve_tasks, result_hash
+from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
+from resdepth.eval.progress import EvalProgress
+from resdepth.eval.reader import prefetch
+from resdepth.eval.run import batches
+from resdepth.eval.work import Unit, make_units, task_units, worker_units
+from resdepth.predict import outputs
+from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
+from resdepth.predict.windows import Windows, open_recording, voxel_settings
+from resdepth.utils.logging import setup_logging
+
+log = logging.getLogger("resdepth")
+
+
+class IncompletePrediction(RuntimeError):
+    """``merge`` found windows without outputs."""
+
+
+@dataclass
+class Context:
+    """What every unit of one process needs."""
+    cfg: PredictConfig
+    out: Path
+    nets: Nets
+    patching: Any
+    windows: Windows
+    plan_hash: str
+    device: torch.device
+
+
+def main(cfg: PredictConfig) -> int:
+    """Predict this process's units; the process that completes the work list merges. 0 when done."""
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = dist.init("cpu" if cfg.device == "cpu" else "auto", timeout_s=3600.0)
+    num_tasks, task_id = resolve_tasks(cfg)
+    out = Path(cfg.out)
+    setup_logging(out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else ""), env.rank)
+    ok = False
+    try:
+        run(cfg, out, num_tasks, task_id)
+        ok = True
+        return 0
+    finally:
+        if ok:
+            dist.shutdown()
+        elif dist.is_dist():
+            torch.distributed.destroy_process_group()
+
+
+def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
+    """The recording's windows, voxelised as the regression export records."""
+    bins, h, w = nets.data_shape
+    stream = open_recording(cfg)
+    splat, voxel_norm = voxel_settings(nets.regression_meta["data"], cfg.splat)
+    if (stream.height, stream.width) != (h, w):
+        log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
+                    "the recording's size", cfg.events, stream.height, stream.width, h, w)
+    return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, voxel_norm,
+                   cfg.max_windows)
+
+
+def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit]) -> dict:
+    """The work list and everything its parts must share."""
+    identity = {"nets": nets.identity(), "windows": windows.describe(),
+                "units": [(u.name, u.count) for u in units]}
+    return {"hash": result_hash(cfg, identity, NON_RESULT_KEYS), "events": cfg.events,
+            "num_samples": len(windows), **windows.describe(), "diffusion": bool(cfg.diffusion),
+            "depth_format": cfg.depth_format, "video": cfg.video, "fps": cfg.fps,
+            "units": [u.to_dict() for u in units]}
+
+
+def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
+    device = resolve_device(cfg)
+    nets = load_nets(cfg, device)
+    windows = make_windows(cfg, nets)
+    if not len(windows):
+        raise ValueError(f"{cfg.events}: no whole window in the recording "
+                         f"({len(windows.stream)} events from {windows.stream.t_start:.6f} s to "
+                         f"{windows.stream.t_end:.6f} s)")
+    units = make_units([(str(cfg.events), len(windows))], cfg.unit_size)
+    plan = make_plan(cfg, nets, windows, units)
+    if dist.is_main():
+        (out / P.PARTS).mkdir(parents=True, exist_ok=True)
+        P.write_plan(out, plan)
+    dist.barrier()
+    ctx = Context(cfg, out, nets, make_patching(cfg, nets), windows, plan["hash"], device)
+    world, rank = dist.world_size(), dist.rank()
+    mine = worker_units(units, num_tasks, task_id, world, rank)
+    todo = [u for u in mine if not unit_done(ctx, u)]
+    log.info("task %d/%d rank %d/%d: %d units of %d to predict (%d finished earlier)", task_id,
+             num_tasks, rank, world, len(todo), len(mine), len(mine) - len(todo))
+    ours = task_units(units, num_tasks, task_id, world)
+    progress = EvalProgress(out, [u.to_dict() for u in ours], enabled=dist.is_main(),
+                            label="predict", noun="windows")
+    start = time.perf_counter()
+    try:
+        for unit in todo:
+            predict_unit(ctx, unit, progress)
+            progress.update()
+        if world > 1:
+            progress.wait_for_others()
+    finally:
+        progress.close()
+    dist.barrier()
+    if dist.is_main():
+        new = P.done_samples(out, {"units": [u.to_dict() for u in ours]}) - progress.done_at_start
+        elapsed = time.perf_counter() - start
+        log.info("predicted %d windows in %.2f s (%.3f windows/s, %d process%s)", new, elapsed,
+                 new / max(elapsed, 1e-9), world, "es" if world > 1 else "")
+        if P.missing_units(out, plan):
+            log.info("task %d finished; other tasks' windows are still missing: the last task to "
+                     "finish (or `resdepth-predict merge %s`) writes frames.csv", task_id, out)
+        else:
+            merge(out)
+            dist.print0(f"{len(windows)} windows -> {out}")
+
+
+def unit_done(ctx: Context, unit: Unit) -> bool:
+    part = P.read_part(ctx.out, unit.name)
+    if part is None:
+        return False
+    if part.get("hash") != ctx.plan_hash:
+        raise ValueError(f"{P.part_path(ctx.out, unit.name)} was written by another prediction")
+    return True
+
+
+def pad_multiple(nets: Nets) -> int:
+    """The frame-size multiple the U-Nets need (2 ** (levels - 1))."""
+    nets_ = [n for n in (nets.regression, nets.diffusion) if n is not None]
+    return max(int(getattr(m, "_input_shape_mult", 1)) for n in nets_ for m in n.modules())
+
+
+def predict_padded(ctx: Context, events: torch.Tensor, keys: list[str]) -> dict[str, torch.Tensor]:
+    """``predict`` on frames zero-padded (no events) at the bottom and right to the U-Nets' multiple,
+    cropped back to the frame."""
+    h, w = events.shape[-2:]
+    m = pad_multiple(ctx.nets)
+    ph, pw = -h % m, -w % m
+    if ph or pw:
+        events = torch.nn.functional.pad(events, (0, pw, 0, ph))
+    pred = predict(ctx.cfg, ctx.nets, events, keys, ctx.patching)
+    return {k: v[..., :h, :w] for k, v in pred.items()}
+
+
+def predict_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
+    """Predict every window of ``unit``, write its files, then (last) its part."""
+    cfg = ctx.cfg
+    lo, hi = ctx.nets.norm.valid_range_m()
+    depth_range = (max(lo, 1e-3), hi if np.isfinite(hi) else ctx.nets.norm.max_depth)
+    rows: list[dict] = []
+    for batch in batches(prefetch(ctx.windows.iter(unit.start, unit.stop), cfg.batch), cfg.batch):
+        keys = [w.key for w in batch]
+        events = torch.from_numpy(np.stack([w.events for w in batch])).to(ctx.device)
+        pred = {k: v.cpu() for k, v in predict_padded(ctx, events, keys).items()}
+        depth = pred["mean"] if "mean" in pred else pred["regression"]
+        for i, w in enumerate(batch):
+            std = pred["std"][i, 0].numpy() if "std" in pred else None
+            rows.append(outputs.write_window(ctx.out, w, depth[i, 0].numpy(), std,
+                                             cfg.depth_format, cfg.previews, depth_range))
+        progress.update(extra=len(rows))
+    part = {"unit": unit.name, "hash": ctx.plan_hash, "num_samples": len(rows), "windows": rows}
+    P.write_part(ctx.out, unit.name, part)
+    log.info("unit %s done", unit.name)
+    return part
+
+
+def merge(out_dir) -> Path:
+    """``frames.csv`` (every window, in order) and the preview video; raises
+    ``IncompletePrediction`` naming the units without outputs."""
+    out = Path(out_dir)
+    plan = P.read_plan(out)
+    missing = P.missing_units(out, plan)
+    if missing:
+        raise IncompletePrediction(f"{out}: {len(missing)} of {len(plan['units'])} units have no "
+                                   f"outputs yet: {', '.join(missing[:20])}; rerun the prediction "
+                                   "to finish them")
+    rows = []
+    for u in plan["units"]:
+        part = P.read_part(out, u["name"])
+        if part.get("hash") != plan["hash"]:
+            raise ValueError(f"{P.part_path(out, u['name'])} was written by another prediction")
+        rows += part["windows"]
+    if len(rows) != plan["num_samples"]:
+        raise IncompletePrediction(f"{out}: {len(rows)} windows in the parts, the plan has "
+                                   f"{plan['num_samples']}")
+    path = outputs.write_frames_csv(out, rows)
+    video = outputs.write_video(out, rows, plan.get("video", "mp4"), float(plan.get("fps", 10.0)))
+    log.info("%d windows listed in %s%s", len(rows), path, f"; preview {video}" if video else "")
+    return path

@@ -1,0 +1,160 @@
+"""One recording cut into windows, each voxelised as the exported nets were trained.
+
+Windows are consecutive and fixed before any work starts, so window ``k`` is the same whichever
+process predicts it: by duration, ``[t_start + k d, t_start + (k + 1) d)`` from the first event
+(only whole windows; ``t0`` is computed as ``t1 - d``, exactly as packing computes a
+``--window-ms`` window ending at a depth timestamp); by count, rows ``[k n, (k + 1) n)``, the grid
+spanning from the window's first event to the next window's first event.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from resdepth.data.sources import EventStream, open_events, safe_key
+from resdepth.data.voxel import events_to_voxel, normalize_voxel
+
+log = logging.getLogger("resdepth")
+
+
+@dataclass
+class Window:
+    """Window ``index`` of the recording: its sample key, time span, event count and voxel grid."""
+    index: int
+    key: str
+    t0: float
+    t1: float
+    num_events: int
+    events: np.ndarray  # [B, H, W] float32, the nets' condition
+
+
+def detect_format(path: str | Path) -> str:
+    """The reader of ``path`` from its name, and for HDF5 files from their top-level groups."""
+    from resdepth.data.sources import FORMATS
+
+    p = Path(path)
+    name = p.name.lower()
+    by_suffix = {".npz": "npz", ".raw": "evt", ".aedat4": "aedat4"}
+    if p.suffix.lower() in by_suffix:
+        return by_suffix[p.suffix.lower()]
+    if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            groups = set(f.keys())
+        for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
+            if group in groups and fmt_name in FORMATS:
+                return fmt_name
+        raise ValueError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
+                         f"recording layout; pass --format (one of {', '.join(FORMATS)})")
+    if name.endswith("_data.hdf5"):
+        return "mvsec"
+    raise ValueError(f"{path}: cannot tell the recording format from its name; pass --format "
+                     f"(one of {', '.join(FORMATS)})")
+
+
+def load_rectify_map(path: str | Path) -> np.ndarray:
+    """A rectification map ``[H, W, 2]``: ``.npy``, or HDF5 with a ``rectify_map`` dataset (DSEC)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        m = np.load(p, allow_pickle=False)
+    else:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if "rectify_map" not in f:
+                raise ValueError(f"{path}: no 'rectify_map' dataset")
+            m = f["rectify_map"][()]
+    m = np.asarray(m, dtype=np.float64)
+    if m.ndim != 3 or m.shape[2] != 2:
+        raise ValueError(f"{path}: a rectification map is [H, W, 2], got {list(m.shape)}")
+    return m
+
+
+def open_recording(cfg: Any) -> EventStream:
+    """The event stream ``cfg`` names, with its rectification."""
+    fmt_name = detect_format(cfg.events) if cfg.format == "auto" else cfg.format
+    rectify = {"auto": "auto", "true": True, "false": False}[cfg.rectify]
+    if cfg.rectify_map:
+        rectify = False  # the given map replaces the recording's own
+    stream = open_events(fmt_name, cfg.events, cfg.sequence, camera=cfg.camera, rectify=rectify)
+    if cfg.rectify_map:
+        m = load_rectify_map(cfg.rectify_map)
+        if m.shape[:2] != (stream.height, stream.width):
+            log.info("rectification map is %dx%d, the sensor %dx%d: frames take the map's size",
+                     m.shape[0], m.shape[1], stream.height, stream.width)
+        stream.rectify_map = m
+        stream.height, stream.width = int(m.shape[0]), int(m.shape[1])
+    return stream
+
+
+class Windows:
+    """The windows of ``stream`` voxelised to ``bins`` with ``splat`` (and E2Depth's non-zero
+    normalisation when ``voxel_norm`` is ``"nonzero"``)."""
+
+    def __init__(self, stream: EventStream, window_ms: float, window_events: int, bins: int,
+                 splat: str = "round", voxel_norm: str = "none", max_windows: int = 0) -> None:
+        self.stream, self.bins, self.splat, self.voxel_norm = stream, int(bins), splat, voxel_norm
+        self.duration = window_ms * 1e-3 if window_ms > 0 else None
+        self.count = int(window_events)
+        self.prefix = safe_key(stream.sequence)
+        n = self._count_windows()
+        self.n = min(n, max_windows) if max_windows else n
+
+    def _count_windows(self) -> int:
+        if len(self.stream) == 0:
+            return 0
+        if self.duration is None:
+            return len(self.stream) // self.count
+        t_start, t_end = self.stream.t_start, self.stream.t_end
+        n = int((t_end - t_start) // self.duration)
+        while n > 0 and t_start + n * self.duration > t_end:
+            n -= 1
+        return n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def key(self, k: int) -> str:
+        return f"{self.prefix}_{k:06d}"
+
+    def window(self, k: int) -> Window:
+        """Window ``k``: its events voxelised at the stream's (rectified) frame size."""
+        s = self.stream
+        if self.duration is not None:
+            t1 = s.t_start + (k + 1) * self.duration
+            t0 = t1 - self.duration
+            ev = s.events_between(t0, t1)
+        else:
+            i0, i1 = k * self.count, (k + 1) * self.count
+            ev = s.events(i0, i1)
+            t0 = float(ev.t[0])
+            t1 = float(s.events(i1, i1 + 1).t[0]) if i1 < len(s) else float(ev.t[-1])
+        grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, s.height, s.width, t0, t1,
+                               splat=self.splat)
+        # The nets learnt from shards, which store the grid in float16; the loader normalises
+        # after reading it. Doing the same here gives them exactly the inputs evaluation gives.
+        grid = grid.astype(np.float16).astype(np.float32)
+        if self.voxel_norm == "nonzero":
+            grid = normalize_voxel(grid)
+        return Window(k, self.key(k), float(t0), float(t1), int(len(ev)), grid)
+
+    def iter(self, start: int, stop: int) -> Iterator[Window]:
+        for k in range(start, stop):
+            yield self.window(k)
+
+    def describe(self) -> dict[str, Any]:
+        mode = ({"window_ms": self.duration * 1e3} if self.duration is not None
+                else {"window_events": self.count})
+        return {"windows": self.n, **mode, "bins": self.bins, "splat": self.splat,
+                "voxel_norm": self.voxel_norm, "recording": self.stream.describe()}
+
+
+def voxel_settings(data_meta: dict, splat: Optional[str]) -> tuple[str, str]:
+    """``(splat, voxel_norm)``: the flag, else what the export records, else round / none."""
+    return (splat or str(data_meta.get("splat", "round")),
+            str(data_meta.get("voxel_norm", "none")))

@@ -1,0 +1,253 @@
+"""``resdepth-predict`` on raw recordings written here: one output per window, the same numbers as
+``resdepth-eval`` on the same windows packed with depth, the same files for one or two processes,
+resume by units, and every reader (MVSEC HDF5, npz, Prophesee EVT3, AEDAT4) through one pipeline."""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resdepth.predict import main, parse_args
+from tests.eval.runner import make_exports, run_command, run_module
+
+BINS, H, W = 3, 30, 46
+DUR_MS = 62.5            # exact in binary, so window edges equal the depth timestamps bit for bit
+T0 = 1.0
+NUM_WINDOWS = 7
+FAST = ["--ensemble", "2", "--steps", "3", "--batch", "2", "--unit-size", "3", "--S-churn", "1.0",
+        "--device", "cpu"]
+
+
+def random_events(n: int, seed: int, h: int = H, w: int = W, t_end: float = None):
+    rng = np.random.default_rng(seed)
+    t_end = T0 + NUM_WINDOWS * DUR_MS * 1e-3 + 0.03 if t_end is None else t_end
+    t = np.sort(rng.uniform(T0, t_end, n))
+    t[0] = T0
+    return (rng.integers(0, w, n), rng.integers(0, h, n), t, rng.choice([-1, 1], n))
+
+
+def window_ends(n: int = NUM_WINDOWS) -> np.ndarray:
+    """Window ends as the prediction computes them: t_start + (k + 1) * duration."""
+    return np.array([T0 + (k + 1) * (DUR_MS * 1e-3) for k in range(n)])
+
+
+def write_mvsec_events(folder: Path, seq: str, x, y, t, p) -> Path:
+    """``<seq>_data.hdf5`` (events only) and the scene's rectification maps, as MVSEC ships them
+    (frame size from the maps: a small H x W here; rectified = raw shifted by a fraction)."""
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{seq}_data.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("davis/left/events", data=np.stack([x, y, t, p], 1).astype(np.float64))
+    scene = seq.rstrip("0123456789")
+    calib = folder / f"{scene}_calib"
+    calib.mkdir(exist_ok=True)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    np.savetxt(calib / f"{scene}_left_x_map.txt", xx * 1.01 + 0.3)
+    np.savetxt(calib / f"{scene}_left_y_map.txt", yy * 0.99 - 0.2)
+    return path
+
+
+def write_mvsec_depth(folder: Path, seq: str, ts: np.ndarray, seed: int = 5) -> None:
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(2.0, 60.0, (len(ts), H, W)).astype(np.float32)
+    depth[:, :5] = np.nan
+    with h5py.File(folder / f"{seq}_gt.hdf5", "w") as f:
+        f.create_dataset("davis/left/depth_image_rect", data=depth, compression="lzf")
+        f.create_dataset("davis/left/depth_image_rect_ts", data=ts)
+
+
+def frames(out: Path) -> list[dict]:
+    with open(out / "frames.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def tree(out: Path, kinds=("depth", "std")) -> dict[str, bytes]:
+    return {f"{k}/{p.name}": p.read_bytes() for k in kinds for p in sorted((out / k).glob("*"))}
+
+
+def predict_args(exports, events: Path, out: Path, *extra: str, diffusion: bool = True) -> list[str]:
+    args = ["--regression", str(exports["regression"]), "--events", str(events), "--out", str(out),
+            *FAST, *extra]
+    return args + (["--diffusion", str(exports["diffusion"])] if diffusion else [])
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return make_exports(tmp_path_factory.mktemp("exports"), size=(H, W), bins=BINS)
+
+
+@pytest.fixture(scope="module")
+def mvsec(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvsec")
+    ev = random_events(7000, seed=3)
+    path = write_mvsec_events(root / "events_only", "outdoor_day1", *ev)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(exports, mvsec, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pred1")
+    run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms", str(DUR_MS)))
+    return out
+
+
+def test_one_output_per_window(one_process, mvsec):
+    rows = frames(one_process)
+    assert len(rows) == NUM_WINDOWS
+    assert [r["key"] for r in rows] == [f"outdoor_day1_{k:06d}" for k in range(NUM_WINDOWS)]
+    assert [float(r["t_end"]) for r in rows] == window_ends().tolist()
+    for r in rows:
+        assert np.load(one_process / r["depth"]).shape == (H, W)
+        assert np.load(one_process / r["std"]).shape == (H, W)
+        assert (one_process / r["preview"]).stat().st_size > 100
+    for kind in ("depth", "std", "preview"):
+        assert len(list((one_process / kind).glob("*"))) == NUM_WINDOWS
+    d = np.stack([np.load(one_process / r["depth"]) for r in rows])
+    assert np.isfinite(d).all() and (d > 0).all() and d.std() > 0
+    assert (np.stack([np.load(one_process / r["std"]) for r in rows]) > 0).any()
+    import imageio.v2 as iio2
+
+    assert iio2.get_reader(one_process / "preview.mp4").count_frames() == NUM_WINDOWS
+    # events per window add up to the events of the whole windows
+    import h5py
+
+    with h5py.File(mvsec) as f:
+        t = f["davis/left/events"][:, 2]
+    assert sum(int(r["num_events"]) for r in rows) == int((t < window_ends()[-1]).sum())
+
+
+def test_equals_evaluation_of_the_same_windows_packed_with_depth(one_process, exports, mvsec,
+                                                                  tmp_path):
+    """Pack the same recording with depth at the window ends, evaluate it, compare per window."""
+    src = tmp_path / "mvsec"
+    shutil.copytree(mvsec.parent, src)
+    write_mvsec_depth(src, "outdoor_day1", window_ends())
+    run_command([*_py(), "-m", "shards_tools.cli", "pack", "--format", "mvsec", "--src", str(src),
+                 "--sequence", "outdoor_day1", "--out", str(tmp_path / "test"), "--window-ms",
+                 str(DUR_MS), "--bins", str(BINS)])
+    ev_out = tmp_path / "eval"
+    run_module("resdepth.eval", ["--regression", str(exports["regression"]), "--diffusion",
+                                 str(exports["diffusion"]), "--data", str(tmp_path / "test"),
+                                 "--out", str(ev_out), "--baseline", "none", "--save-predictions",
+                                 *FAST])
+    preds = {}
+    for tar in sorted((ev_out / "predictions").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, name = m.name.split(".", 1)
+                preds.setdefault(key, {})[name] = np.load(io.BytesIO(tf.extractfile(m).read()))
+    rows = frames(one_process)
+    assert sorted(preds) == [r["key"] for r in rows]
+    for r in rows:
+        e = preds[r["key"]]
+        np.testing.assert_allclose(np.load(one_process / r["depth"]), e["mean.npy"][0],
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.load(one_process / r["std"]), e["std.npy"][0],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def _py() -> list[str]:
+    import sys
+
+    return [sys.executable]
+
+
+@pytest.mark.dist
+def test_two_processes_write_the_same_files(one_process, exports, mvsec, tmp_path):
+    out = tmp_path / "pred2"
+    run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms", str(DUR_MS)),
+               nproc=2)
+    assert frames(out) == frames(one_process)
+    assert tree(out) == tree(one_process)
+    assert len(list((out / "parts").glob("*.json"))) == 3
+
+
+def test_resume_redoes_only_missing_units(one_process, exports, mvsec, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(one_process, out)
+    (out / "frames.csv").unlink()
+    (out / "parts" / "outdoor_day1_data.hdf5@0000003-0000006.json").unlink()
+    for k in (3, 4, 5):
+        (out / "depth" / f"outdoor_day1_{k:06d}.npy").unlink()
+    stamp = (out / "depth" / "outdoor_day1_000000.npy").stat().st_mtime_ns
+    proc = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
+                                                       str(DUR_MS)))
+    assert "1 units of 3 to predict (2 finished earlier)" in proc.stderr + proc.stdout
+    assert (out / "depth" / "outdoor_day1_000000.npy").stat().st_mtime_ns == stamp
+    assert tree(out) == tree(one_process) and frames(out) == frames(one_process)
+
+
+def test_npz_by_event_count_png_millimetres_odd_frame(exports, tmp_path):
+    """A 29 x 45 recording (odd: padded for the U-Net, cropped back), windows of 700 events."""
+    h, w = H - 1, W - 1
+    x, y, t, p = random_events(5000, seed=8, h=h, w=w)
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t, p=p, height=h, width=w)
+    out = tmp_path / "out"
+    cfg = parse_args(predict_args(exports, tmp_path / "rec.npz", out, "--window-events", "700",
+                                  "--depth-format", "png", "--video", "gif", diffusion=False))
+    assert main(cfg) == 0
+    rows = frames(out)
+    assert len(rows) == 5000 // 700
+    assert all(int(r["num_events"]) == 700 for r in rows)
+    assert [float(r["t_start"]) for r in rows] == t[::700][: len(rows)].tolist()
+    import imageio.v3 as iio
+
+    d = iio.imread(out / rows[0]["depth"])
+    assert d.dtype == np.uint16 and d.shape == (h, w) and d.min() > 0
+    assert not list((out / "std").glob("*"))
+    assert (out / "preview.gif").stat().st_size > 100
+
+
+def test_camera_files_read_through_faery_give_the_npz_numbers(exports, tmp_path):
+    """The same events as Prophesee EVT3 .raw, AEDAT4 and .npz predict the same depth."""
+    import faery
+
+    x, y, t, p = random_events(4000, seed=9)
+    t_us = np.round(t * 1e6)
+    arr = np.zeros(len(t), faery.EVENTS_DTYPE)
+    arr["t"], arr["x"], arr["y"], arr["on"] = t_us, x, y, p > 0
+    faery.events_stream_from_array(arr, dimensions=(W, H)).to_file(tmp_path / "rec.raw",
+                                                                   version="evt3")
+    faery.events_stream_from_array(arr, dimensions=(W, H)).to_file(tmp_path / "rec.aedat4")
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t_us * 1e-6, p=p, height=H, width=W)
+    from resdepth.data.sources import open_events
+
+    for fmt_name, name in (("evt", "rec.raw"), ("aedat4", "rec.aedat4")):
+        s = open_events(fmt_name, str(tmp_path / name))
+        assert (s.height, s.width, len(s)) == (H, W, len(t))
+        ev = s.events(0, len(s))
+        assert (ev.x == x).all() and (ev.y == y).all() and (ev.t == t_us * 1e-6).all()
+        assert (ev.p == np.where(p > 0, 1, -1)).all()
+    outs = {}
+    for name in ("rec.npz", "rec.raw", "rec.aedat4"):
+        outs[name] = tmp_path / name.replace(".", "_")
+        assert main(parse_args(predict_args(exports, tmp_path / name, outs[name], "--window-ms",
+                                            "100", "--no-previews", "--video", "none",
+                                            diffusion=False))) == 0
+    ref = tree(outs["rec.npz"], ("depth",))
+    assert len(ref) == int((t[-1] - t[0]) // 0.1)
+    assert tree(outs["rec.raw"], ("depth",)) == ref == tree(outs["rec.aedat4"], ("depth",))
+
+
+def test_errors_are_one_line(exports, tmp_path, capsys):
+    from resdepth.predict.__main__ import cli
+
+    np.savez(tmp_path / "rec.npz", x=[1], y=[1], t=[1.0], p=[1])
+    with pytest.raises(SystemExit) as e:
+        cli(predict_args(exports, tmp_path / "rec.npz", tmp_path / "o", "--window-ms", "50"))
+    assert e.value.code == 1 and "no whole window" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli(["--regression", "r", "--events", "e", "--out", "o"])
+    assert e.value.code == 1 and "exactly one of window_ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli(["merge", str(tmp_path / "o")])
+    assert e.value.code == 1 and "no plan.json" in capsys.readouterr().err
