@@ -12,7 +12,7 @@ from resdepth.eval.config import InferenceSettings, inference_errors
 class PredictConfig(InferenceSettings):
     """Depth for every window of one event recording (no ground truth needed)."""
     events: str = opt("", "Event recording: MVSEC <seq>_data.hdf5, .npz with x,y,t,p, Prophesee .raw (EVT2/EVT3), .aedat4, or what --format names.")
-    format: str = opt("auto", "Reader of resdepth.data.sources (npz, mvsec, evt, aedat4, ...); auto: from the file name.")
+    format: str = opt("auto", "Reader of resdepth.data.sources (npz, mvsec, dsec, m3ed, evt, aedat4); auto: from the file name.")
     sequence: Optional[str] = opt(None, "Sequence inside a dataset directory (when --events is a directory).")
     out: str = opt("", "Output directory: depth/, std/, preview/, frames.csv, preview.mp4, parts/.")
     window_ms: float = opt(0.0, "Window length in milliseconds (consecutive windows from the first event).")
@@ -32,10 +32,6 @@ class PredictConfig(InferenceSettings):
 NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "device", "threads", "regression",
                    "diffusion", "events", "format", "sequence", "previews", "video", "fps",
                    "depth_format")
-
-
-def window_mode(cfg: PredictConfig) -> str:
-    return "ms" if cfg.window_ms > 0 else "count"
 
 
 def validate(cfg: PredictConfig) -> None:

@@ -34,8 +34,9 @@ class Window:
 
 def detect_format(path: str | Path) -> str:
     """The reader of ``path`` from its name, and for HDF5 files from their top-level groups."""
-    from resdepth.data.sources import FORMATS
+    from resdepth.data.sources import EVENT_ONLY_FORMATS, FORMATS
 
+    formats = ", ".join(FORMATS + EVENT_ONLY_FORMATS)
     p = Path(path)
     name = p.name.lower()
     by_suffix = {".npz": "npz", ".raw": "evt", ".aedat4": "aedat4"}
@@ -50,11 +51,11 @@ def detect_format(path: str | Path) -> str:
             if group in groups and fmt_name in FORMATS:
                 return fmt_name
         raise ValueError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
-                         f"recording layout; pass --format (one of {', '.join(FORMATS)})")
+                         f"recording layout; pass --format (one of {formats})")
     if name.endswith("_data.hdf5"):
         return "mvsec"
     raise ValueError(f"{path}: cannot tell the recording format from its name; pass --format "
-                     f"(one of {', '.join(FORMATS)})")
+                     f"(one of {formats})")
 
 
 def load_rectify_map(path: str | Path) -> np.ndarray:
@@ -79,9 +80,14 @@ def open_recording(cfg: Any) -> EventStream:
     """The event stream ``cfg`` names, with its rectification."""
     fmt_name = detect_format(cfg.events) if cfg.format == "auto" else cfg.format
     rectify = {"auto": "auto", "true": True, "false": False}[cfg.rectify]
+    src = Path(cfg.events)
+    if fmt_name == "dsec" and src.is_file():  # DSEC's reader takes the events/<camera> folder
+        src = src.parent
+        if rectify == "auto":
+            rectify = (src / "rectify_map.h5").exists()
     if cfg.rectify_map:
         rectify = False  # the given map replaces the recording's own
-    stream = open_events(fmt_name, cfg.events, cfg.sequence, camera=cfg.camera, rectify=rectify)
+    stream = open_events(fmt_name, str(src), cfg.sequence, camera=cfg.camera, rectify=rectify)
     if cfg.rectify_map:
         m = load_rectify_map(cfg.rectify_map)
         if m.shape[:2] != (stream.height, stream.width):

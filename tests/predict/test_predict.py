@@ -251,3 +251,28 @@ def test_errors_are_one_line(exports, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(["merge", str(tmp_path / "o")])
     assert e.value.code == 1 and "no plan.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset", ["dsec", "m3ed"])
+def test_dataset_files_are_recognised_and_windowed(dataset, tmp_path):
+    """DSEC events.h5 (rectified with its rectify_map.h5) and M3ED _data.h5 open by file name."""
+    from resdepth.predict.config import PredictConfig
+    from resdepth.predict.windows import Windows, detect_format, open_recording
+    from tests.data.sources import fakes
+
+    if dataset == "dsec":
+        fakes.write_dsec(tmp_path, frames=2, events_per_frame=3000)
+        path = next(tmp_path.rglob("events.h5"))
+        hw = (480, 640)
+    else:
+        fakes.write_m3ed(tmp_path, frames=2, events_per_frame=3000)
+        path = next(tmp_path.glob("*_data.h5"))
+        hw = (720, 1280)
+    assert detect_format(path) == dataset
+    stream = open_recording(PredictConfig(events=str(path)))
+    assert (stream.height, stream.width) == hw
+    assert (stream.rectify_map is not None) == (dataset == "dsec")
+    windows = Windows(stream, 10.0, 0, bins=2)
+    assert len(windows) == int((stream.t_end - stream.t_start) // 0.01) > 0
+    w = windows.window(len(windows) - 1)
+    assert w.events.shape == (2, *hw) and w.num_events > 0

@@ -27,17 +27,20 @@ from resdepth.data.sources.npz import NpzSource
 from resdepth.data.sources.shards import TarSource
 from resdepth.data.sources.synth import SynthSource
 
-__all__ = ["FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream", "LabelledSource",
-           "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
+__all__ = ["EVENT_ONLY_FORMATS", "FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream",
+           "LabelledSource", "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
            "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
 
-FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense", "evt", "aedat4")
+FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")
+# Camera files with events only (decoded by faery): readable as event streams, nothing to pack.
+EVENT_ONLY_FORMATS = ("evt", "aedat4")
 
 
 def reader(format: str) -> ModuleType:
     """The module reading ``format``."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown dataset format {format!r}; one of {', '.join(FORMATS)}")
+    if format not in FORMATS + EVENT_ONLY_FORMATS:
+        raise ValueError(f"unknown dataset format {format!r}; one of "
+                         f"{', '.join(FORMATS + EVENT_ONLY_FORMATS)}")
     return importlib.import_module(f"resdepth.data.sources.{format}")
 
 
