@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -83,10 +83,14 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
                    cfg.max_windows)
 
 
-def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit]) -> dict:
-    """The work list and everything its parts must share."""
+def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit],
+              device: torch.device) -> dict:
+    """The work list and everything its parts must share (with a diffusion net, the device too:
+    CPU and CUDA generators draw different noise)."""
     identity = {"nets": nets.identity(), "windows": windows.describe(),
                 "units": [(u.name, u.count) for u in units]}
+    if cfg.diffusion:
+        identity["noise_device"] = device.type
     return {"hash": result_hash(cfg, identity, NON_RESULT_KEYS), "events": cfg.events,
             "num_samples": len(windows), **windows.describe(), "diffusion": bool(cfg.diffusion),
             "depth_format": cfg.depth_format, "video": cfg.video, "fps": cfg.fps,
@@ -102,7 +106,7 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
                          f"({len(windows.stream)} events from {windows.stream.t_start:.6f} s to "
                          f"{windows.stream.t_end:.6f} s)")
     units = make_units([(str(cfg.events), len(windows))], cfg.unit_size)
-    plan = make_plan(cfg, nets, windows, units)
+    plan = make_plan(cfg, nets, windows, units, device)
     if dist.is_main():
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
         P.write_plan(out, plan)
@@ -139,8 +143,19 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
             dist.print0(f"{len(windows)} windows -> {out}")
 
 
+PART_KEYS = ("hash", "num_samples", "windows")
+
+
+def read_part(out: Path, unit_name: str) -> Optional[dict]:
+    """The unit's part (its windows' ``frames.csv`` rows), or None when it is not finished."""
+    path = P.part_path(out, unit_name)
+    if not path.exists():
+        return None
+    return P.read_json(path, PART_KEYS, "delete it and rerun the prediction to redo the unit")
+
+
 def unit_done(ctx: Context, unit: Unit) -> bool:
-    part = P.read_part(ctx.out, unit.name)
+    part = read_part(ctx.out, unit.name)
     if part is None:
         return False
     if part.get("hash") != ctx.plan_hash:
@@ -200,7 +215,7 @@ def merge(out_dir) -> Path:
                                    "to finish them")
     rows = []
     for u in plan["units"]:
-        part = P.read_part(out, u["name"])
+        part = read_part(out, u["name"])
         if part.get("hash") != plan["hash"]:
             raise ValueError(f"{P.part_path(out, u['name'])} was written by another prediction")
         rows += part["windows"]

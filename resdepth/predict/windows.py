@@ -147,7 +147,7 @@ class Windows:
         grid = grid.astype(np.float16).astype(np.float32)
         if self.voxel_norm == "nonzero":
             grid = normalize_voxel(grid)
-        return Window(k, self.key(k), float(t0), float(t1), int(len(ev)), grid)
+        return Window(k, self.key(k), float(t0), float(t1), int(len(ev.t)), grid)
 
     def iter(self, start: int, stop: int) -> Iterator[Window]:
         for k in range(start, stop):
