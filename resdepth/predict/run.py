@@ -28,7 +28,7 @@ from resdepth.eval.run import batches
 from resdepth.eval.work import Unit, make_units, task_units, worker_units
 from resdepth.predict import outputs
 from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
-from resdepth.predict.windows import Windows, open_recording, voxel_settings
+from resdepth.predict.windows import Windows, open_recording
 from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
@@ -72,14 +72,15 @@ def main(cfg: PredictConfig) -> int:
 
 
 def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
-    """The recording's windows, voxelised as the regression export records."""
+    """The recording's windows, voxelised as the regression export records (frames of any size:
+    the nets pad to their multiple and crop back)."""
     bins, h, w = nets.data_shape
     stream = open_recording(cfg)
-    splat, voxel_norm = voxel_settings(nets.regression_meta["data"], cfg.splat)
+    splat = cfg.splat or str(nets.regression_meta["data"].get("splat", "round"))
     if (stream.height, stream.width) != (h, w):
         log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)
-    return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, voxel_norm,
+    return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, nets.voxel_norm,
                    cfg.max_windows)
 
 
@@ -163,24 +164,6 @@ def unit_done(ctx: Context, unit: Unit) -> bool:
     return True
 
 
-def pad_multiple(nets: Nets) -> int:
-    """The frame-size multiple the U-Nets need (2 ** (levels - 1))."""
-    nets_ = [n for n in (nets.regression, nets.diffusion) if n is not None]
-    return max(int(getattr(m, "_input_shape_mult", 1)) for n in nets_ for m in n.modules())
-
-
-def predict_padded(ctx: Context, events: torch.Tensor, keys: list[str]) -> dict[str, torch.Tensor]:
-    """``predict`` on frames zero-padded (no events) at the bottom and right to the U-Nets' multiple,
-    cropped back to the frame."""
-    h, w = events.shape[-2:]
-    m = pad_multiple(ctx.nets)
-    ph, pw = -h % m, -w % m
-    if ph or pw:
-        events = torch.nn.functional.pad(events, (0, pw, 0, ph))
-    pred = predict(ctx.cfg, ctx.nets, events, keys, ctx.patching)
-    return {k: v[..., :h, :w] for k, v in pred.items()}
-
-
 def predict_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     """Predict every window of ``unit``, write its files, then (last) its part."""
     cfg = ctx.cfg
@@ -190,7 +173,7 @@ def predict_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     for batch in batches(prefetch(ctx.windows.iter(unit.start, unit.stop), cfg.batch), cfg.batch):
         keys = [w.key for w in batch]
         events = torch.from_numpy(np.stack([w.events for w in batch])).to(ctx.device)
-        pred = {k: v.cpu() for k, v in predict_padded(ctx, events, keys).items()}
+        pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}
         depth = pred["mean"] if "mean" in pred else pred["regression"]
         for i, w in enumerate(batch):
             std = pred["std"][i, 0].numpy() if "std" in pred else None

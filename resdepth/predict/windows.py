@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import numpy as np
 
 from resdepth.data.sources import EventStream, open_events, safe_key
-from resdepth.data.voxel import events_to_voxel, normalize_voxel
+from resdepth.data.voxel import apply_voxel_norm, events_to_voxel
 
 log = logging.getLogger("resdepth")
 
@@ -99,8 +99,8 @@ def open_recording(cfg: Any) -> EventStream:
 
 
 class Windows:
-    """The windows of ``stream`` voxelised to ``bins`` with ``splat`` (and E2Depth's non-zero
-    normalisation when ``voxel_norm`` is ``"nonzero"``)."""
+    """The windows of ``stream`` voxelised to ``bins`` with ``splat``, then ``voxel_norm``
+    (``resdepth.data.voxel.apply_voxel_norm``, as the loader and evaluation apply it)."""
 
     def __init__(self, stream: EventStream, window_ms: float, window_events: int, bins: int,
                  splat: str = "round", voxel_norm: str = "none", max_windows: int = 0) -> None:
@@ -144,9 +144,7 @@ class Windows:
                                splat=self.splat)
         # The nets learnt from shards, which store the grid in float16; the loader normalises
         # after reading it. Doing the same here gives them exactly the inputs evaluation gives.
-        grid = grid.astype(np.float16).astype(np.float32)
-        if self.voxel_norm == "nonzero":
-            grid = normalize_voxel(grid)
+        grid = apply_voxel_norm(grid.astype(np.float16).astype(np.float32), self.voxel_norm)
         return Window(k, self.key(k), float(t0), float(t1), int(len(ev.t)), grid)
 
     def iter(self, start: int, stop: int) -> Iterator[Window]:
@@ -158,9 +156,3 @@ class Windows:
                 else {"window_events": self.count})
         return {"windows": self.n, **mode, "bins": self.bins, "splat": self.splat,
                 "voxel_norm": self.voxel_norm, "recording": self.stream.describe()}
-
-
-def voxel_settings(data_meta: dict, splat: Optional[str]) -> tuple[str, str]:
-    """``(splat, voxel_norm)``: the flag, else what the export records, else round / none."""
-    return (splat or str(data_meta.get("splat", "round")),
-            str(data_meta.get("voxel_norm", "none")))

@@ -15,12 +15,13 @@ import pytest
 from resdepth.predict import main, parse_args
 from tests.eval.runner import make_exports, run_command, run_module
 
-BINS, H, W = 3, 30, 46
+BINS, H, W = 3, 30, 46  # not multiples of 4: the nets below pad and crop back
 DUR_MS = 62.5            # exact in binary, so window edges equal the depth timestamps bit for bit
 T0 = 1.0
 NUM_WINDOWS = 7
 FAST = ["--ensemble", "2", "--steps", "3", "--batch", "2", "--unit-size", "3", "--S-churn", "1.0",
         "--device", "cpu"]
+TINY3 = dict(model_channels=8, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[])
 
 
 def random_events(n: int, seed: int, h: int = H, w: int = W, t_end: float = None):
@@ -82,7 +83,7 @@ def predict_args(exports, events: Path, out: Path, *extra: str, diffusion: bool 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    return make_exports(tmp_path_factory.mktemp("exports"), size=(H, W), bins=BINS)
+    return make_exports(tmp_path_factory.mktemp("exports"), size=(H, W), model=TINY3, bins=BINS)
 
 
 @pytest.fixture(scope="module")
