@@ -14,6 +14,7 @@ from tests.procs import child_env, free_port, run_command, run_module  # noqa: F
 
 BINS, H, W = 3, 32, 32
 TEST_SHARD_SIZES = [5, 3, 8, 1, 6, 2, 4]  # 29 samples, uneven on purpose
+SEQUENCES = ("day1", "night1")  # alternating samples, so every batch mixes both
 TINY_MODEL = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[])
 FAST = ["--ensemble", "2", "--steps", "4", "--batch", "2", "--unit-size", "3", "--preview", "3",
         "--S-churn", "1.0"]
@@ -37,7 +38,7 @@ def write_split(split: Path, sizes: list[int], seed: int, bins: int = BINS, h: i
                 depth[:, : h // 4] = 0.0  # "sky": invalid
                 events = rng.normal(0, 1, (bins, h, w)) * (rng.random((bins, h, w)) < 0.2)
                 writer.write(fmt.make_sample(f"{split.name}_{k:07d}", events, depth, None,
-                                        {"source": "test", "sequence": "s", "t_start": 0.0,
+                                        {"source": "test", "sequence": SEQUENCES[k % 2], "t_start": 0.0,
                                          "t_end": 0.05}))
                 k += 1
         shards.append({"name": name, "nsamples": n, "bytes": (split / name).stat().st_size})
@@ -68,6 +69,8 @@ def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False
                 p.add_(torch.randn_like(p) * 0.05)
         meta = {"spec": spec, "sigma_data": 0.5, "norm": norm,
                 "data": {"bins": bins, "height": size[0], "width": size[1]}, "step": 0}
+        if stage == "diffusion":
+            meta.update(residual_std=0.1, sigma_max=2.0)  # as stage 2 records them
         save_export(root / stage / "export", net, meta)
         out[stage] = root / stage
     return out

@@ -38,8 +38,18 @@ def test_one_process_outputs(reference):
     assert {"crps", "spread_skill"} <= set(m["diffusion"])
     assert m["diffusion"]["crps"] > 0 and m["diffusion"]["spread_skill"] > 0
     assert m["regression"] != m["diffusion"]
+    assert {"crps", "spread_skill", "grad_energy"} <= set(m["noise_baseline"])
+    assert m["settings"]["protocol"] == "pooled" and m["settings"]["noise_std"] == 0.1
+    # one table per sequence: the pixels of the two sequences add up to the split's
+    assert set(m["sequences"]) == {"day1", "night1"}
+    seq_pixels = [m["sequences"][q]["regression"]["num_valid_pixels"] for q in ("day1", "night1")]
+    assert sum(seq_pixels) == m["num_valid_pixels"] and min(seq_pixels) > 0
+    assert set(m["sequences"]["day1"]) == set(m) & {"baseline", "regression", "noise_baseline",
+                                                    "diffusion", "diffusion_median",
+                                                    "diffusion_member"}
     report = (reference / "report.md").read_text()
     assert "| AbsRel |" in report and "regression + diffusion" in report
+    assert "Protocol pooled" in report and "## Sequence night1 (protocol pooled)" in report
     assert (reference / "samples.png").stat().st_size > 1000
     assert len(list((reference / "parts").glob("*.preview.npz"))) == 1  # 3 previews, unit size 3
     base = np.load(reference / "baseline.npy")
@@ -179,6 +189,7 @@ def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
                   **{k: finalize(sums[k]) for k in PREDICTORS if k in sums}}
     assert set(recomputed) - {"num_samples", "num_valid_pixels"} == \
         {"baseline", "regression", "diffusion", "diffusion_median", "diffusion_member"}
+    recomputed["noise_baseline"] = m["noise_baseline"]  # its members are not saved
     assert_metrics_close(recomputed, m, rel=1e-9)
     # the CRPS of a point forecast is its MAE
     assert m["regression"]["crps"] == pytest.approx(m["regression"]["mae"], rel=1e-9)

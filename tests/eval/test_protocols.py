@@ -126,3 +126,10 @@ def test_sharpness_of_truth_smooth_and_noisy_predictions():
     g = torch.Generator().manual_seed(0)
     noisy = true[:, None] + torch.randn(1, 4, 1, 8, 8, generator=g)
     assert finalize(sharpness_sums(noisy, true, mask))["grad_energy"] > 1.0
+
+
+def test_protocol_is_in_the_settings_hash():
+    from resdepth.eval.config import EvalConfig, result_hash
+
+    hashes = {result_hash(EvalConfig(protocol=p), {"nets": 1}) for p in ("pooled", "e2depth", "hmnet")}
+    assert len(hashes) == 3
