@@ -277,3 +277,22 @@ def test_dataset_files_are_recognised_and_windowed(dataset, tmp_path):
     assert len(windows) == int((stream.t_end - stream.t_start) // 0.01) > 0
     w = windows.window(len(windows) - 1)
     assert w.events.shape == (2, *hw) and w.num_events > 0
+
+
+def test_rectify_map_file_moves_events(tmp_path):
+    """``--rectify-map`` (.npy [H, W, 2]): events land where the map sends them."""
+    from resdepth.predict.config import PredictConfig
+    from resdepth.predict.windows import open_recording
+
+    x, y, t, p = random_events(500, seed=4)
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t, p=p, height=H, width=W)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    np.save(tmp_path / "map.npy", np.stack([W - 1 - xx, yy + 0.25], -1))  # mirror left-right
+    stream = open_recording(PredictConfig(events=str(tmp_path / "rec.npz"),
+                                          rectify_map=str(tmp_path / "map.npy")))
+    ev = stream.events(0, len(stream))
+    assert (ev.x == W - 1 - x).all() and (ev.y == y + 0.25).all()
+    np.save(tmp_path / "bad.npy", np.zeros((H, W)))
+    with pytest.raises(ValueError, match=r"\[H, W, 2\]"):
+        open_recording(PredictConfig(events=str(tmp_path / "rec.npz"),
+                                     rectify_map=str(tmp_path / "bad.npy")))
