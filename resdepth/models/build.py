@@ -88,8 +88,9 @@ def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: 
             "unet": unet_kwargs(cfg, arch, img_resolution, in_ch), **extra}
 
 
-def build_net(spec: dict[str, Any], sigma_data: float = 0.5) -> torch.nn.Module:
-    """The wrapped net of ``spec``: ``RegressionNet`` or ``EDMResidualNet`` around its U-Net."""
+def build_net(spec: dict[str, Any], sigma_data: float = 0.5, use_apex_gn: bool = False) -> torch.nn.Module:
+    """The wrapped net of ``spec``: ``RegressionNet`` or ``EDMResidualNet`` around its U-Net
+    (``use_apex_gn``: Apex's fused group norm in training, same weights)."""
     from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
     from resdepth.models import SongUNet, SongUNetPosEmbd
 
@@ -97,7 +98,7 @@ def build_net(spec: dict[str, Any], sigma_data: float = 0.5) -> torch.nn.Module:
     kw = dict(spec["unet"])
     if spec["arch"] == "SongUNet" and len(set(kw["img_resolution"])) == 1:
         kw["img_resolution"] = kw["img_resolution"][0]
-    unet = classes[spec["arch"]](**kw)
+    unet = classes[spec["arch"]](**kw, use_apex_gn=use_apex_gn)
     if spec["stage"] == "regression":
         return RegressionNet(unet, img_channels=spec["img_channels"])
     return EDMResidualNet(unet, img_channels=spec["img_channels"], sigma_data=sigma_data)

@@ -27,6 +27,7 @@ class ModelConfig:
     gridtype: Literal["sinusoidal", "linear", "learnable", "test"] = opt("sinusoidal", "Positional grid of SongUNetPosEmbd.")
     N_grid_channels: int = opt(4, "Channels of the positional grid of SongUNetPosEmbd.")
     hr_mean_conditioning: bool = opt(False, "Residual net also sees the regression mean as a condition channel.")
+    use_apex_gn: bool = opt(False, "Training on GPU: group norm + activation in NVIDIA Apex's fused NHWC kernel (needs Apex; weights unchanged).")
     regression_ckpt: str = opt("", "Stage 2: regression run directory, checkpoint directory or exported weights file.")
 
     def check(self) -> list[tuple[str, str]]:

@@ -35,8 +35,15 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
 
 
 def _like(t: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``t`` in ``x``'s dtype (weights follow the activations, as PhysicsNeMo does without AMP)."""
-    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
+    """``t`` in ``x``'s dtype (weights follow the activations, as PhysicsNeMo does without AMP).
+
+    Under autocast the weights are left alone: autocast casts them (and the activations) to the
+    low precision for convolutions and matmuls; casting them to ``x``'s dtype first would turn a
+    bf16 run back into fp32 maths.
+    """
+    if t is None or t.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return t
+    return t.to(x.dtype)
 
 
 class Linear(torch.nn.Module):
@@ -147,7 +154,27 @@ class GroupNorm(torch.nn.Module):
         if self.act is not None and self.act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; choose from {sorted(ACTIVATIONS)}")
 
+        self._apex: list = []  # NVIDIA Apex's fused NHWC group norm, kept out of the state dict
+
+    def use_apex(self) -> None:
+        """Run training-mode CUDA forwards through Apex's fused NHWC kernel (norm + activation in
+        one pass, bf16 in and out), sharing this module's ``weight`` and ``bias``."""
+        try:
+            from apex.contrib.group_norm import GroupNorm as ApexGroupNorm
+        except ImportError as e:
+            raise ImportError("use_apex_gn=True needs NVIDIA Apex built with its contrib group_norm "
+                              "extension (pip install apex with --group_norm); it is not "
+                              "installed") from e
+        gn = ApexGroupNorm(self.num_groups, self.weight.shape[0], eps=self.eps, affine=True,
+                           act=self.act or "")
+        gn.weight, gn.bias = self.weight, self.bias  # the same Parameter objects
+        self._apex = [gn]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._apex and self.training and x.is_cuda:
+            if torch.is_autocast_enabled("cuda"):
+                x = x.to(torch.get_autocast_dtype("cuda"))
+            return self._apex[0](x.contiguous(memory_format=torch.channels_last))
         w, b = _like(self.weight, x), _like(self.bias, x)
         if self.training:
             x = F.group_norm(x, self.num_groups, w, b, self.eps)

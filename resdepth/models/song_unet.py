@@ -26,9 +26,14 @@ class SongUNet(torch.nn.Module):
     noise embedding (``positional`` DDPM++, ``fourier`` NCSN++, ``zero`` none); ``encoder_type``
     and ``decoder_type`` add the NCSN++ skip/residual pyramids. ``checkpoint_level`` > 0 recomputes
     the blocks whose feature maps are larger than ``sqrt(H*W) >> checkpoint_level`` in the backward
-    pass (the reference's rule). ``use_apex_gn``, ``profile_mode`` and ``amp_mode`` are accepted for
-    signature compatibility; Apex group norm is not available here.
+    pass (the reference's rule). ``use_apex_gn`` runs the training-mode group norms on CUDA through
+    NVIDIA Apex's fused NHWC kernel (an ImportError when Apex is absent; parameter names do not
+    change). ``profile_mode`` and ``amp_mode`` are accepted for signature compatibility: mixed
+    precision is the caller's autocast. Activations are channels-last on CPU and CUDA (oneDNN and
+    cuDNN both run NHWC convolutions faster, and Apex's group norm needs it).
     """
+
+    memory_format = torch.channels_last  # of the activations (benchmarks compare NCHW)
 
     def __init__(self, img_resolution: Union[Sequence[int], int], in_channels: int, out_channels: int,
                  label_dim: int = 0, augment_dim: int = 0, model_channels: int = 128,
@@ -46,8 +51,6 @@ class SongUNet(torch.nn.Module):
         _check_choice("embedding_type", embedding_type, ("fourier", "positional", "zero"))
         _check_choice("encoder_type", encoder_type, ("standard", "skip", "residual"))
         _check_choice("decoder_type", decoder_type, ("standard", "skip"))
-        if use_apex_gn:
-            raise ValueError("use_apex_gn=True needs NVIDIA Apex, which resdepth does not use")
         super().__init__()
         self.label_dim, self.augment_dim, self.label_dropout = label_dim, augment_dim, label_dropout
         self.embedding_type = embedding_type
@@ -81,6 +84,10 @@ class SongUNet(torch.nn.Module):
                             encoder_type, resample_filter, init, block_kw)
         self._build_decoder(out_channels, model_channels, channel_mult, num_blocks, attn_resolutions,
                             decoder_type, resample_filter, bottleneck_attention, init_zero, block_kw)
+        if use_apex_gn:  # raises ImportError, naming Apex, when it is not installed
+            for m in self.modules():
+                if isinstance(m, GroupNorm):
+                    m.use_apex()
 
     # ----------------------------------------------------------------------------- construction
     def _build_mapping(self, embedding_type: str, noise_channels: int, emb_channels: int,
@@ -180,8 +187,8 @@ class SongUNet(torch.nn.Module):
         if not torch.compiler.is_compiling():
             self._check_inputs(x, noise_labels, class_labels, augment_labels)
         emb = self._embed(x, noise_labels, class_labels, augment_labels)
-        if x.device.type == "cpu":  # oneDNN convolutions and group norm are faster in NHWC
-            x = x.contiguous(memory_format=torch.channels_last)
+        # NHWC: oneDNN (CPU) and cuDNN (tensor cores) convolutions and group norm are faster
+        x = x.contiguous(memory_format=self.memory_format)
         x, skips = self._encode(x, emb)
         return self._decode(x, emb, skips).contiguous()
 
