@@ -240,8 +240,15 @@ def is_main() -> bool:
 
 
 def device() -> torch.device:
-    """This rank's device: its local GPU, or the CPU."""
-    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    """This rank's device: GPU ``local_rank % device_count``, or the CPU.
+
+    The modulo serves both launch styles: torchrun (or srun without GPU binding) shows every GPU
+    of the node to every task, so local rank i takes GPU i; Slurm's ``--gpus-per-task=1`` /
+    ``--gpu-bind`` shows each task only its own GPU, which is then ``cuda:0`` whatever the rank.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank() % torch.cuda.device_count())
 
 
 def barrier() -> None:

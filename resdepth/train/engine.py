@@ -2,41 +2,71 @@
 ``state_dict``/``load_state_dict`` and ``save_into``/``load_from`` (DeepSpeed's own files).
 
 A step whose loss or gradient is not finite on any rank is skipped on every rank (the parameters
-stay untouched) and reported to the loop, which counts it.
+stay untouched) and reported to the loop, which counts it. The decision is taken on the device
+(``GuardedAdamW``): a step reads nothing back to the host.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
 from resdepth import dist
 from resdepth.train.config import TrainerConfig
-from resdepth.train.optim import set_lr
+from resdepth.train.optim import make_optimizer, set_lr
 
 log = logging.getLogger("resdepth")
 LossFn = Callable[[torch.nn.Module, dict, int], torch.Tensor]
 
 
-def make_optimizer(net: torch.nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
-    params = [p for p in net.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+def use_bf16(cfg: TrainerConfig, device: torch.device) -> bool:
+    """bf16 maths when asked, on GPU (and on CPU only with ``trainer.cpu_bf16``)."""
+    return cfg.precision == "bf16" and (device.type == "cuda" or cfg.cpu_bf16)
 
 
 def autocast_ctx(cfg: TrainerConfig, device: torch.device):
-    """bf16 autocast on GPU when asked; CPU trains in fp32 (bit-exact resume, no slow bf16 kernels)."""
-    if device.type == "cuda" and cfg.precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast when ``use_bf16``; otherwise fp32 (CPU default: bit-exact resume, no slow
+    bf16 kernels)."""
+    if use_bf16(cfg, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+def configure_backends(cfg: TrainerConfig, device: torch.device) -> None:
+    """cuDNN autotuning, TF32 and deterministic kernels as configured (process-wide settings).
+
+    ``deterministic`` turns off autotuning (it may pick different algorithms run to run) and asks
+    for deterministic kernels; cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first use.
+    """
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+class StepResult(NamedTuple):
+    """One optimiser step, all on the device (nothing is read back to the host here)."""
+    loss_sum: torch.Tensor          # this rank's sum of micro-batch losses
+    grad_norm: Any                  # tensor (or DeepSpeed's float / None), read at log intervals
+    ok: torch.Tensor                # bool: the update was applied (same on every rank)
+
+
 class DDPEngine:
-    """Plain PyTorch: DistributedDataParallel when there are several ranks, AdamW, clipping."""
+    """Plain PyTorch: DistributedDataParallel when there are several ranks, fused AdamW, clipping.
+
+    A step whose gradient norm (or any rank's loss) is not finite is skipped on the device by
+    ``GuardedAdamW``.
+    """
 
     name = "ddp"
 
@@ -46,15 +76,18 @@ class DDPEngine:
         self.model: torch.nn.Module = net
         if dist.world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            # Our nets use every parameter every step and hold only constant buffers: the graph is
+            # static and buffers need no broadcast; gradients live in the buckets (no copy).
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=ids, gradient_as_bucket_view=True, broadcast_buffers=False,
+                static_graph=True)
         if cfg.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = make_optimizer(net, cfg)
-        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(net, cfg, clip=cfg.clip_grad)
 
-    def train_step(self, loss_fn: LossFn, batches: list[dict], lr: float) -> tuple[torch.Tensor, float, bool]:
-        """Forward/backward every micro-batch, then step; returns (local loss sum, grad norm, stepped)."""
-        loss_sum = torch.zeros((), dtype=torch.float64)
+    def train_step(self, loss_fn: LossFn, batches: list[dict], lr: float) -> StepResult:
+        """Forward/backward every micro-batch, then step (skipped on the device if not finite)."""
+        loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
@@ -62,16 +95,16 @@ class DDPEngine:
                 with autocast_ctx(self.cfg, self.device):
                     loss = loss_fn(self.model, batch, i)
                 (loss / len(batches)).backward()
-            loss_sum += loss.detach().double().cpu()
-        clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        # Gradients are already averaged over ranks, so the norm (and its finiteness) agrees.
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        ok = math.isfinite(norm)
-        if ok:
-            set_lr(self.optimizer, lr)
-            self.optimizer.step()
+            loss_sum += loss.detach().float()
+        set_lr(self.optimizer, lr)
+        self.optimizer.loss_bad = ~torch.isfinite(loss_sum)
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, norm, ok
+        return StepResult(loss_sum, self.optimizer.last_norm, self.optimizer.last_ok)
+
+    def fp32_masters(self) -> tuple[None, bool]:
+        """The module's weights are the fp32 masters themselves (see ``DeepSpeedEngine``)."""
+        return None, False
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
@@ -86,7 +119,8 @@ class DDPEngine:
         return None
 
 
-def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool,
+                     own_clipping: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON: ``trainer.deepspeed_config`` file, then the inline trainer keys."""
     ds: dict[str, Any] = {}
     if cfg.deepspeed_config:
@@ -108,7 +142,9 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
                "gradient_accumulation_steps": cfg.grad_accum,
                "train_batch_size": micro_batch * cfg.grad_accum * dist.world_size(),
                "zero_optimization": zero,
-               "gradient_clipping": cfg.clip_grad,
+               # fp32 ZeRO-0 neither reports nor checks the norm: our optimiser clips there
+               "gradient_clipping": 0.0 if own_clipping else cfg.clip_grad,
+               "zero_allow_untested_optimizer": True,  # our AdamW subclass (fused, guarded)
                "steps_per_print": 10**9,
                "bf16": {"enabled": use_bf16}})
     ds.pop("fp16", None)
@@ -125,7 +161,11 @@ def load_deepspeed_files_safely(engine) -> None:
 
 
 class DeepSpeedEngine:
-    """DeepSpeed ZeRO 0/1/2 with a torch AdamW passed in; checkpoints through the engine."""
+    """DeepSpeed ZeRO 0/1/2 with our fused AdamW passed in; checkpoints through the engine.
+
+    bf16: DeepSpeed keeps fp32 masters and bf16 module weights; the forward runs under bf16
+    autocast. fp32 ZeRO-0: DeepSpeed leaves clipping and the norm to the optimiser.
+    """
 
     name = "deepspeed"
 
@@ -136,34 +176,70 @@ class DeepSpeedEngine:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30 s op build
         dist.init(device.type, group=True)  # DeepSpeed wants a process group even for one process
         self.cfg, self.device = cfg, device
-        use_bf16 = device.type == "cuda" and cfg.precision == "bf16"
-        optimizer = make_optimizer(net, cfg)
+        bf16 = use_bf16(cfg, device)
+        ds_cfg = deepspeed_config(cfg, micro_batch, bf16)
+        stage = ds_cfg["zero_optimization"]["stage"]
+        own_clipping = not bf16 and stage == 0
+        ds_cfg = deepspeed_config(cfg, micro_batch, bf16, own_clipping)
+        optimizer = make_optimizer(net, cfg, clip=cfg.clip_grad if own_clipping else None)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
-            model=net.to(device), optimizer=optimizer,
-            config=deepspeed_config(cfg, micro_batch, use_bf16), dist_init_required=False)
+            model=net.to(device), optimizer=optimizer, config=ds_cfg, dist_init_required=False)
         load_deepspeed_files_safely(self.model)
+        if cfg.compile:
+            self.model.compile()
         self.module = self.model.module
         self._base_optimizer = optimizer
 
-    def train_step(self, loss_fn: LossFn, batches: list[dict], lr: float) -> tuple[torch.Tensor, float, bool]:
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        ok = True
+    def train_step(self, loss_fn: LossFn, batches: list[dict], lr: float) -> StepResult:
+        loss_sum = torch.zeros((), device=self.device)
+        base = self._base_optimizer
+        base.last_ok = None
         for i, batch in enumerate(batches):
-            loss = loss_fn(self.model, batch, i)
-            # Agree before backward: a non-finite loss on any rank skips this micro-batch everywhere.
-            finite = not dist.any_rank(not bool(torch.isfinite(loss.detach()).all()))
-            loss_sum += loss.detach().double().cpu()
-            if not finite:
-                ok = False
-                continue
-            set_lr(self._base_optimizer, lr)
+            with autocast_ctx(self.cfg, self.device):
+                loss = loss_fn(self.model, batch, i)
+            loss_sum += loss.detach().float()
+            set_lr(base, lr)
+            base.loss_bad = ~torch.isfinite(loss_sum)
             self.model.backward(loss)
             self.model.step()
-        norm = self.model.get_global_grad_norm()
-        norm = float(norm) if norm is not None else float("nan")
-        if not math.isfinite(norm) and ok:
-            ok = False  # already applied by the engine: counted so repeated failures stop the run
-        return loss_sum, norm, ok
+        # DeepSpeed's bf16 optimiser skips a non-finite norm itself and never calls ours.
+        ok = base.last_ok if base.last_ok is not None else torch.zeros((), dtype=torch.bool,
+                                                                        device=self.device)
+        return StepResult(loss_sum, self.model.get_global_grad_norm(), ok)
+
+    def fp32_masters(self) -> tuple[Optional[list], bool]:
+        """Per module parameter, the fp32 master slice this rank holds, for the EMA.
+
+        Returns ``(masters, partitioned)``; ``masters`` is None when the module is fp32 (its
+        weights are the masters), else one ``(start, numel, flat fp32 tensor)`` per parameter:
+        DeepSpeed's bf16 ZeRO-0 optimiser keeps whole fp32 copies (per parameter or flat per
+        group); ZeRO 1/2 link
+        each bf16 parameter to the slice of the masters its rank owns (``_hp_mapping``). The
+        lookup is redone at each call: loading a checkpoint may replace the master tensors.
+        """
+        params = list(self.module.parameters())
+        if all(p.dtype == torch.float32 for p in params):
+            return None, False
+        opt = self.model.optimizer
+        if hasattr(opt, "fp16_groups") and hasattr(opt, "fp32_groups"):  # ZeRO-0 bf16 (unfused)
+            where = {id(p): (0, p.numel(), m) for lp, hp in zip(opt.fp16_groups, opt.fp32_groups)
+                     for p, m in zip(lp, hp)}
+            return [where.get(id(p), (0, 0, None)) for p in params], False
+        if hasattr(opt, "fp16_groups") and hasattr(opt, "fp32_groups_flat"):  # ZeRO-0 bf16 (fused)
+            where = {}
+            for flat, group in zip(opt.fp32_groups_flat, opt.fp16_groups):
+                offset = 0
+                for p in group:
+                    where[id(p)] = (0, p.numel(), flat.narrow(0, offset, p.numel()))
+                    offset += p.numel()
+            return [where.get(id(p), (0, 0, None)) for p in params], False
+        out = []
+        for p in params:
+            mapping = getattr(p, "_hp_mapping", None)
+            out.append((0, 0, None) if mapping is None else
+                       (mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel,
+                        mapping.get_hp_fragment()))
+        return out, True
 
     def state_dict(self) -> dict[str, Any]:
         return {}

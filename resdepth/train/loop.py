@@ -7,10 +7,10 @@ data position are restored, and the per-step noise comes from generators seeded 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import logging.handlers
-import math
 import os
 import signal
 import time
@@ -23,18 +23,20 @@ import torch
 from resdepth import dist
 from resdepth.config import config_hash, to_yaml
 from resdepth.config.schema import Config
+from resdepth.data.loader import finish_batch
 from resdepth.models.build import arch_spec, build_net
 from resdepth.train.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
-from resdepth.train.engine import autocast_ctx, make_engine
+from resdepth.train.engine import StepResult, autocast_ctx, configure_backends, make_engine
 from resdepth.train.monitor import Monitor
-from resdepth.train.optim import EMA, lr_at
+from resdepth.train.optim import EMA, lr_at, schedule_steps
 from resdepth.train.rundir import claim_run_dir, write_stop_marker
 from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.stage import build_loss, load_regression_net, predict_panels
 from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
-# Keys that may change between a run and its resumption without breaking exactness.
+# Keys that may change between a run and its resumption without breaking exactness. max_steps is
+# one of them only as the stopping point: the cosine schedule's length enters the hash by itself.
 RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume")
 # Test hook: rank 0 sends itself SIGUSR2 after this step (as Slurm's submitit signals rank 0 only).
 FAULT_SIGNAL_ENV = "RESDEPTH_FAULT_SIGNAL_AT_STEP"
@@ -45,8 +47,16 @@ class NonFiniteError(RuntimeError):
 
 
 def resumable_hash(cfg: Config) -> str:
-    """Hash of every setting a resumed run must share with the run it continues."""
-    return config_hash(cfg, ignore=RESUME_FREE_KEYS)
+    """Hash of every setting a resumed run must share with the run it continues.
+
+    A cosine schedule without ``trainer.schedule_steps`` spans ``max_steps``: changing
+    ``max_steps`` then changes every later learning rate, so the span is hashed as
+    ``schedule_steps`` (set ``schedule_steps`` to extend a run exactly).
+    """
+    tc = cfg.trainer
+    span = schedule_steps(tc) if tc.schedule == "cosine" else tc.schedule_steps
+    return config_hash(dataclasses.replace(cfg, trainer=dataclasses.replace(tc, schedule_steps=span)),
+                       ignore=RESUME_FREE_KEYS)
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -65,6 +75,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.device = dist.device()
+        configure_backends(cfg.trainer, self.device)
         world = dist.world_size()
         tc = cfg.trainer
         per_rank, rem = divmod(tc.batch_size, world * tc.grad_accum)
@@ -89,7 +100,8 @@ class Trainer:
             self.train_urls, mode="train", batch_size=per_rank, num_workers=cfg.data.num_workers,
             seed=cfg.run.seed, crop=crop, flip=cfg.data.flip, norm=self.norm,
             shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error, index=self.index,
-            max_consecutive_skips=cfg.data.max_consecutive_skips, voxel_norm=cfg.data.voxel_norm)
+            max_consecutive_skips=cfg.data.max_consecutive_skips, voxel_norm=cfg.data.voxel_norm,
+            raw=True, pin_memory=self.device.type == "cuda")
         self.val_stream = None
         val_src = cfg.data.val_urls or (str(Path(cfg.data.root) / "val") if cfg.data.root else None)
         if cfg.run.val_every > 0 and val_src and (cfg.data.val_urls or Path(val_src).is_dir()):
@@ -97,7 +109,8 @@ class Trainer:
                 split_urls(val_src, None), mode="eval", batch_size=per_rank, num_workers=0,
                 seed=cfg.run.seed, norm=self.norm, on_error=cfg.data.on_error,
                 max_consecutive_skips=cfg.data.max_consecutive_skips,
-                index=_read_index_or_none(cfg.data.root, "val"), voxel_norm=cfg.data.voxel_norm)
+                index=_read_index_or_none(cfg.data.root, "val"), voxel_norm=cfg.data.voxel_norm,
+                raw=True)
 
         patching = bool(cfg.diffusion.patch_shape)
         self.spec = arch_spec(cfg.model, cfg.model.stage, self.bins, [self.height, self.width], patching)
@@ -109,20 +122,25 @@ class Trainer:
                                                       self.norm, self.device, cfg.data.voxel_norm)
             self.residual_scale = self.measure_residual_scale(train_src)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data)
+        net = build_net(self.spec, sigma_data=cfg.diffusion.sigma_data,
+                        use_apex_gn=cfg.model.use_apex_gn)
         self.loss_fn_core = build_loss(cfg, self.regression_net)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.dry_run = dry_run
         if dry_run:
             self.net = net.to(self.device)
             return
+        # The EMA copies the fp32 weights before DeepSpeed bf16 casts the module in place.
+        self.ema = EMA(net, tc.ema_halflife_images, self.device) if tc.ema_halflife_images > 0 else None
         self.engine = make_engine(net, tc, self.device, per_rank)
-        self.ema = EMA(self.engine.module, tc.ema_halflife_images) if tc.ema_halflife_images > 0 else None
         self.checkpointer = Checkpointer(self.run_dir, tc.keep_last)
         self.step = 0
         self.images_seen = 0
-        self.nonfinite_in_row = 0
-        self.interval = {"loss_sum": 0.0, "n": 0, "nonfinite": 0}
+        self._zero_interval()
+        # Non-finite bookkeeping stays on the device; it is read at log intervals only.
+        self._in_row = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._limit_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.last_norm: Any = None
         self.stop = StopFlag()
         self.saved_step = -1
 
@@ -172,8 +190,10 @@ class Trainer:
         self.step = int(shared["step"])
         self.saved_step = self.step
         self.images_seen = int(shared["images_seen"])
-        self.interval = dict(shared["interval"])
-        self.nonfinite_in_row = int(shared["nonfinite_in_row"])
+        self._zero_interval()
+        for k, v in shared["interval"].items():
+            self.interval[k].fill_(v)
+        self._in_row.fill_(int(shared["nonfinite_in_row"]))
         if per_rank is not None:
             set_rng_state(per_rank["rng"])
             self.train_stream.load_state_dict(per_rank["data"])
@@ -221,11 +241,26 @@ class Trainer:
                                   "run.overwrite=true")
         return None
 
+    @property
+    def nonfinite_in_row(self) -> int:
+        """Skipped steps in a row up to now (reads the device counter)."""
+        return int(self._in_row)
+
+    def _zero_interval(self) -> None:
+        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+        self.interval = {"loss_sum": z(), "n": z(), "nonfinite": z()}
+
+    def _ema_net(self) -> torch.nn.Module:
+        """The whole EMA net (a collective under DeepSpeed bf16 with several ranks)."""
+        self.ema.synchronize()
+        return self.ema.net
+
     def save(self) -> Path:
+        ema = self._ema_net().state_dict() if self.ema is not None else None
         shared = {"model": self.engine.module.state_dict(), "engine": self.engine.state_dict(),
-                  "ema": self.ema.state_dict() if self.ema is not None else None,
-                  "step": self.step, "images_seen": self.images_seen,
-                  "interval": dict(self.interval), "nonfinite_in_row": self.nonfinite_in_row,
+                  "ema": ema, "step": self.step, "images_seen": self.images_seen,
+                  "interval": {k: float(v) for k, v in self.interval.items()},
+                  "nonfinite_in_row": self.nonfinite_in_row,
                   "lr_schedule": {"step": self.step, "lr": lr_at(self.step, self.cfg.trainer)},
                   "data0": self.train_stream.state_dict()}
         per_rank = {"rng": rng_state(), "data": self.train_stream.state_dict()}
@@ -238,11 +273,11 @@ class Trainer:
 
     def export(self) -> None:
         """Write the EMA (or raw) weights and ``model.json`` to ``run.dir/export`` (rank 0)."""
+        net = self._ema_net() if self.ema is not None else self.engine.module
         if not dist.is_main():
             return
         from resdepth.models.export import save_export
 
-        net = self.ema.net if self.ema is not None else self.engine.module
         meta = {"spec": self.spec, **self.scale_meta(), "norm": self.norm.to_dict(),
                 "data": self.data_meta(),
                 "step": self.step, "images_seen": self.images_seen,
@@ -271,8 +306,7 @@ class Trainer:
         self.net.eval()
         for name, stream in streams:
             batch = next(iter(stream))
-            batch = {k: (v[:images].to(self.device) if torch.is_tensor(v) else v[:images])
-                     for k, v in batch.items()}
+            batch = finish_batch({k: v[:images] for k, v in batch.items()}, self.device, self.norm)
             gen = torch.Generator(self.device).manual_seed(self.cfg.run.seed)
             t0 = time.perf_counter()
             loss = float(self.loss_fn_core(self.net, batch, gen))
@@ -294,47 +328,59 @@ class Trainer:
             except StopIteration:
                 it = iter(self.train_stream)  # next epoch; every rank has the same length
                 continue
-            out.append({k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
-                        for k, v in batch.items()})
+            out.append(finish_batch(batch, self.device, self.norm))
         return out, it
 
-    def train_one(self, batches: list[dict]) -> tuple[float, float, bool]:
+    def train_one(self, batches: list[dict]) -> StepResult:
         lr = lr_at(self.step, self.cfg.trainer)
         self.engine.module.train()
-        loss_sum, norm, ok = self.engine.train_step(self.loss_fn, batches, lr)
-        totals = torch.tensor([float(loss_sum), float(len(batches))], dtype=torch.float64)
-        dist.all_reduce_sum(totals)
-        loss = float(totals[0] / totals[1])
-        ok = ok and math.isfinite(loss)
-        return loss, norm, ok
+        return self.engine.train_step(self.loss_fn, batches, lr)
 
-    def after_step(self, loss: float, norm: float, ok: bool) -> None:
+    def after_step(self, res: StepResult, micro_batches: int) -> None:
+        """Count the step on the device (no host sync); ``check_nonfinite`` reads the counts."""
         tc = self.cfg.trainer
-        if not ok:
-            self.nonfinite_in_row += 1
-            self.interval["nonfinite"] += 1
-            log.warning("step %d: non-finite %s (loss=%s, grad_norm=%s); step skipped (%d in a row, "
-                        "limit %d)", self.step, "loss" if not math.isfinite(loss) else "gradient",
-                        loss, norm, self.nonfinite_in_row, tc.max_nonfinite)
-            if self.nonfinite_in_row >= tc.max_nonfinite:
-                raise NonFiniteError(f"step {self.step}: {self.nonfinite_in_row} non-finite losses or "
-                                     f"gradients in a row (trainer.max_nonfinite={tc.max_nonfinite}); "
-                                     "check the data (resdepth-shards verify) and lower trainer.lr")
-        else:
-            self.nonfinite_in_row = 0
-            self.interval["loss_sum"] += loss
-            self.interval["n"] += 1
-            if self.ema is not None:
-                self.ema.update(self.engine.module, tc.batch_size)
+        ok = res.ok
+        okf = ok.to(torch.float64)
+        self._in_row = torch.where(ok, 0, self._in_row + 1)
+        reached = (self._in_row >= tc.max_nonfinite) & (self._limit_step < 0)
+        self._limit_step = torch.where(reached, self.step, self._limit_step)
+        self.interval["loss_sum"] += okf * res.loss_sum.to(torch.float64) / micro_batches
+        self.interval["n"] += okf
+        self.interval["nonfinite"] += 1 - okf
+        if self.ema is not None:
+            masters, partitioned = self.engine.fp32_masters()
+            self.ema.update(self.engine.module, tc.batch_size, ok, masters, partitioned)
+        self.last_norm = res.grad_norm
         self.step += 1
         self.images_seen += tc.batch_size
 
+    def check_nonfinite(self, nonfinite: int) -> None:
+        """Raise once ``max_nonfinite`` steps in a row were skipped (checked at log intervals:
+        the skipped steps changed nothing, so stopping a few steps late loses nothing)."""
+        tc = self.cfg.trainer
+        if nonfinite:
+            log.warning("step %d: %d non-finite steps skipped since the last log line (%d in a row "
+                        "now, limit %d)", self.step, nonfinite, self.nonfinite_in_row,
+                        tc.max_nonfinite)
+        limit_step = int(self._limit_step)
+        if limit_step >= 0:
+            raise NonFiniteError(f"step {limit_step}: {tc.max_nonfinite} non-finite losses or "
+                                 f"gradients in a row (trainer.max_nonfinite={tc.max_nonfinite}); "
+                                 "check the data (resdepth-shards verify) and lower trainer.lr")
+
     # ---- logging and validation ----------------------------------------------------------
-    def log_interval(self, monitor: Monitor, norm: float, timing: dict) -> None:
-        n = max(self.interval["n"], 1)
-        values = {"loss": self.interval["loss_sum"] / n, "lr": lr_at(self.step - 1, self.cfg.trainer),
-                  "grad_norm": norm, "images_seen": self.images_seen,
-                  "nonfinite": self.interval["nonfinite"]}
+    def log_interval(self, monitor: Monitor, timing: dict) -> float:
+        """Reduce the interval's sums over ranks (the one host sync of the interval) and log them;
+        returns the mean loss."""
+        totals = dist.all_reduce_sum(torch.stack(list(self.interval.values())))
+        loss_sum, n, nonfinite = totals.tolist()
+        n, nonfinite = n / dist.world_size(), int(round(nonfinite / dist.world_size()))
+        self.check_nonfinite(nonfinite)
+        norm = self.last_norm
+        norm = float(norm) if norm is not None else float("nan")
+        values = {"loss": loss_sum / dist.world_size() / max(n, 1),
+                  "lr": lr_at(self.step - 1, self.cfg.trainer),
+                  "grad_norm": norm, "images_seen": self.images_seen, "nonfinite": nonfinite}
         elapsed = max(timing["elapsed"], 1e-9)
         perf = {"images_per_s": timing["images"] / elapsed,
                 "data_wait_frac": timing["wait"] / elapsed}
@@ -342,26 +388,28 @@ class Trainer:
         monitor.stats(self.step, {**values, **{k: round(v, 4) for k, v in perf.items()}})
         log.info("step %d loss %.5f lr %.2e grad %.3f %.1f img/s data-wait %.1f%%", self.step,
                  values["loss"], values["lr"], norm, perf["images_per_s"], 100 * perf["data_wait_frac"])
-        self.interval = {"loss_sum": 0.0, "n": 0, "nonfinite": 0}
+        self._zero_interval()
+        return values["loss"]
 
     @torch.no_grad()
     def validate(self, monitor: Monitor) -> Optional[float]:
         if self.val_stream is None:
             return None
-        net = self.ema.net if self.ema is not None else self.engine.module
+        net = self._ema_net() if self.ema is not None else self.engine.module
         net.eval()
-        totals = torch.zeros(2, dtype=torch.float64)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
         first = None
         limit = self.cfg.run.val_batches
         for i, batch in enumerate(self.val_stream):
             if limit and i >= limit:
                 break
-            batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = finish_batch(batch, self.device, self.norm)
             gen = torch.Generator(self.device).manual_seed(step_seed(self.cfg.run.seed, -1, i))
             with autocast_ctx(self.cfg.trainer, self.device):
                 loss = self.loss_fn_core(net, batch, gen)
             n = batch["events"].shape[0]
-            totals += torch.tensor([float(loss) * n, n], dtype=torch.float64)
+            totals[0] += loss.detach().to(torch.float64) * n
+            totals[1] += n
             if first is None:
                 first = batch
         dist.all_reduce_sum(totals)
@@ -395,24 +443,24 @@ class Trainer:
         self.stop.install()
         self.last_save_time = time.monotonic()
         timing = {"elapsed": 0.0, "wait": 0.0, "images": 0}
-        norm = 0.0
+        shown = "loss -"
         it = iter(self.train_stream)
         try:
             while self.step < tc.max_steps:
                 t0 = time.perf_counter()
                 batches, it = self.next_batches(it)
                 t1 = time.perf_counter()
-                loss, norm, ok = self.train_one(batches)
-                self.after_step(loss, norm, ok)
+                self.after_step(self.train_one(batches), len(batches))
                 if dist.is_main() and os.environ.get(FAULT_SIGNAL_ENV) == str(self.step):
                     os.kill(os.getpid(), signal.SIGUSR2)
                 timing["wait"] += t1 - t0
                 timing["elapsed"] += time.perf_counter() - t0
                 timing["images"] += tc.batch_size
-                monitor.advance(self.step, f"loss {loss:.4f}")
                 if self.step % cfg.run.log_every == 0 or self.step == tc.max_steps:
-                    self.log_interval(monitor, norm, timing)
+                    timing["elapsed"] += self._drain()  # the interval's queued GPU work counts
+                    shown = f"loss {self.log_interval(monitor, timing):.4f}"
                     timing = {"elapsed": 0.0, "wait": 0.0, "images": 0}
+                monitor.advance(self.step, shown)
                 if cfg.run.val_every and self.step % cfg.run.val_every == 0:
                     self.validate(monitor)
                 if self.should_stop_or_save():
@@ -426,6 +474,14 @@ class Trainer:
             self.train_stream.log_skip_summary()
             monitor.close()
             self.stop.restore()
+
+    def _drain(self) -> float:
+        """Wait for the queued device work (once per log interval); returns the seconds waited,
+        which belong to the interval's wall time."""
+        before = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - before
 
     def param_checksum(self) -> str:
         """sha256 of this rank's parameters: equal on every rank after a correct data-parallel run."""

@@ -129,7 +129,8 @@ def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
     trainer.stop.restore()
     # Steps 2, 3 and 4 were skipped: the weights are still those after steps 0 and 1.
     assert all(torch.equal(a, b) for a, b in zip(snapshot["w"], trainer.engine.module.parameters()))
-    assert trainer.nonfinite_in_row == 3 and trainer.images_seen == 2 * 4 + 2 * 4
+    # The stop is noticed at the next log line (step 5); steps 2, 3 and 4 were skipped.
+    assert trainer.nonfinite_in_row == 3 and trainer.images_seen == 5 * 4
 
 
 def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regression_run, tmp_path):
