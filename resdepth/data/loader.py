@@ -130,6 +130,7 @@ class _Plan:
     max_consecutive_skips: int = 100
     shapes: Optional[dict] = None
     voxel_norm: str = "none"
+    raw: bool = False
     worker: int = 0
     pending_skips: int = field(default=0, repr=False)
     logged_skips: int = field(default=0, repr=False)
@@ -260,16 +261,26 @@ class _Plan:
         return not missing
 
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
-        # torch converts float16 to float32 many times faster than numpy's astype
-        ev = torch.from_numpy(np.stack([s["events"] for s in samples])).to(torch.float32).numpy()
-        if self.voxel_norm != "none":  # per whole frame, before any crop
+        ev = np.stack([s["events"] for s in samples])
+        if self.voxel_norm != "none":  # per whole frame, before any crop; float32 from here on
+            # torch converts float16 to float32 many times faster than numpy's astype
+            ev = torch.from_numpy(ev).to(torch.float32).numpy()
             ev = np.stack([apply_voxel_norm(e, self.voxel_norm) for e in ev])
-        depth = np.stack([s["depth"] for s in samples]).astype(np.float32)
-        mask = np.stack([s["mask"] for s in samples]).astype(np.float32)
+        depth = np.stack([s["depth"] for s in samples]).astype(np.float32, copy=False)
+        mask = np.stack([s["mask"] for s in samples])
         origin = np.zeros((len(samples), 2), dtype=np.int64)
         if self.mode == "train" and (self.crop or self.flip):
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.worker, batch_no])
             ev, depth, mask, origin = _augment(ev, depth, mask, self.crop, self.flip, rng)
+        if self.raw:  # as stored (fp16 / fp32 / uint8: 15 B per pixel); finish_batch converts
+            out = {"key": [s["key"] for s in samples], "events": torch.from_numpy(np.ascontiguousarray(ev)),
+                   "depth_raw": torch.from_numpy(np.ascontiguousarray(depth)),
+                   "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+                   "origin": torch.from_numpy(origin)}
+            out["_skipped"], self.pending_skips = self.pending_skips, 0
+            return out
+        ev = torch.from_numpy(np.ascontiguousarray(ev)).to(torch.float32).numpy()
+        mask = mask.astype(np.float32)
         depth_m = torch.from_numpy(np.ascontiguousarray(depth * (mask > 0)))
         out = {"key": [s["key"] for s in samples], "events": torch.from_numpy(np.ascontiguousarray(ev)),
                "depth": self.norm.normalize(depth_m), "depth_m": depth_m,
@@ -340,20 +351,41 @@ def _augment(ev: np.ndarray, depth: np.ndarray, mask: np.ndarray, crop: Optional
     return np.stack(outs[0]), np.stack(outs[1]), np.stack(outs[2]), origin
 
 
+def finish_batch(batch: dict, device: torch.device, norm: DepthNorm,
+                 non_blocking: bool = True) -> dict:
+    """Move a batch to ``device`` and, for a ``raw`` batch, convert it there: events and mask to
+    float32, ``depth_m`` (metres, 0 where invalid) and ``depth`` (normalised)."""
+    out = {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v)
+           for k, v in batch.items()}
+    if "depth_raw" in out:
+        mask = out["mask"].to(torch.float32)
+        depth_m = out.pop("depth_raw").to(torch.float32) * (mask > 0)
+        out.update(events=out["events"].to(torch.float32), mask=mask, depth_m=depth_m,
+                   depth=norm.normalize(depth_m))
+    return out
+
+
 class _WorkerDataset(IterableDataset):
-    """Runs the plan in each DataLoader worker with that worker's id."""
+    """Runs the plan in each DataLoader worker with that worker's id.
+
+    The epoch, start position and seed are read at each ``iter()`` from a small shared-memory
+    tensor, so persistent workers (started once) follow the stream from epoch to epoch.
+    """
 
     def __init__(self, plan: _Plan):
         super().__init__()
         self.plan = plan
+        self.where = torch.tensor([plan.epoch, plan.start, plan.seed], dtype=torch.int64).share_memory_()
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        epoch, start, seed = (int(v) for v in self.where)
+        plan = replace(self.plan, epoch=epoch, start=start, seed=seed)
         # The DataLoader asks worker 0 first; batch number `start` belongs to worker start % W.
-        if self.plan.mode == "train":
-            worker = (worker + self.plan.start) % self.plan.workers
-        plan = replace(self.plan, worker=worker)
+        if plan.mode == "train":
+            worker = (worker + plan.start) % plan.workers
+        plan = replace(plan, worker=worker)
         try:
             yield from plan.run()
         except fmt.DataError as e:
@@ -372,7 +404,11 @@ class ShardStream:
     Each batch is a dict: ``key`` list[str], ``events`` float32 [N,B,H,W] (after ``voxel_norm``),
     ``depth`` float32 [N,1,H,W] (normalised, 0 where invalid), ``depth_m`` float32 [N,1,H,W]
     metres, ``mask`` float32 [N,1,H,W] (1 = valid), ``origin`` int64 [N,2] (top, left of each
-    training crop in the frame; zeros for whole frames).
+    training crop in the frame; zeros for whole frames). With ``raw`` the batch is shipped as
+    stored (``events`` float16 unless ``voxel_norm``, ``depth_raw`` float32 metres, ``mask``
+    uint8: 15 instead of 32 bytes per pixel with 5 bins) and ``finish_batch`` converts it on the
+    device. ``pin_memory`` pins the workers' batches for asynchronous copies to the GPU.
+    Training workers are persistent.
     """
 
     def __init__(self, urls: list[str] | str, *, mode: str = "train", batch_size: int,
@@ -380,7 +416,8 @@ class ShardStream:
                  flip: bool = False, norm: DepthNorm = DepthNorm(), shuffle_buffer: int = 256,
                  on_error: str = "raise", rank: Optional[int] = None,
                  world_size: Optional[int] = None, index: Optional[dict] = None,
-                 max_consecutive_skips: int = 100, voxel_norm: str = "none"):
+                 max_consecutive_skips: int = 100, voxel_norm: str = "none", raw: bool = False,
+                 pin_memory: bool = False):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
         if on_error not in ("raise", "skip"):
@@ -407,6 +444,8 @@ class ShardStream:
         if self.counts is None and mode == "train":
             self.counts = [count_samples(u) for u in self.urls]
         self.epoch, self.position, self.skipped, self.total_skipped = 0, 0, 0, 0
+        self.raw, self.pin_memory = raw, pin_memory
+        self._loader: Optional[tuple[DataLoader, _WorkerDataset]] = None
         if mode == "train" and len(self) == 0:
             raise fmt.DataError(f"{sum(self.counts)} samples make no batch of {batch_size} per "
                                 f"rank over {self.world_size} ranks")
@@ -437,14 +476,23 @@ class ShardStream:
                      len(self) if self.mode == "train" else 0,
                      self.position if self.mode == "train" else 0, self.crop, self.flip,
                      self.norm, self.shuffle_buffer, self.on_error,
-                     self.max_consecutive_skips, shapes, self.voxel_norm)
+                     self.max_consecutive_skips, shapes, self.voxel_norm, self.raw)
 
     def _batches(self) -> Iterator[dict]:
         plan = self._plan()
         if self.num_workers == 0:
             return plan.run()
-        loader = DataLoader(_WorkerDataset(plan), batch_size=None, num_workers=self.num_workers,
-                            worker_init_fn=_init_worker, prefetch_factor=4)
+        if self.mode == "eval":  # read once: workers need not outlive the pass
+            return iter(DataLoader(_WorkerDataset(plan), batch_size=None,
+                                   num_workers=self.num_workers, worker_init_fn=_init_worker,
+                                   prefetch_factor=4, pin_memory=self.pin_memory))
+        if self._loader is None:  # training: the workers persist from epoch to epoch
+            ds = _WorkerDataset(plan)
+            self._loader = (DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                       worker_init_fn=_init_worker, prefetch_factor=4,
+                                       pin_memory=self.pin_memory, persistent_workers=True), ds)
+        loader, ds = self._loader
+        ds.where.copy_(torch.tensor([plan.epoch, plan.start, plan.seed], dtype=torch.int64))
         return iter(loader)
 
     def __iter__(self) -> Iterator[dict]:
