@@ -87,9 +87,10 @@ def stochastic_sampler(net: nn.Module, latents: torch.Tensor, cond: torch.Tensor
 
     ``gamma_i = min(S_churn / num_steps, sqrt(2) - 1)`` where ``S_min <= t_i <= S_max``, else 0.
     """
-    t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, latents.device)
+    t_host = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho)  # host copy: no device reads
+    t_steps = t_host.to(latents.device)
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
-    gammas = [gamma_max if S_min <= float(t) <= S_max else 0.0 for t in t_steps[:-1]]
+    gammas = [gamma_max if S_min <= t <= S_max else 0.0 for t in t_host[:-1].tolist()]
     denoise = make_denoiser(net, cond, patching, global_cond)
     return _edm_solve(denoise, latents, t_steps, gammas, randn_like, S_noise, second_order=True)
 
@@ -153,7 +154,8 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
                       rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
                       S_max: float = float("inf"), S_noise: float = 1.0,
                       hr_mean_conditioning: bool = False, patch: Optional[GridPatching] = None,
-                      return_members: bool = False) -> dict[str, torch.Tensor]:
+                      return_members: bool = False,
+                      max_rows: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Regression mean plus ``members`` sampled residuals per image, in normalised depth space.
 
     Returns ``regression``, ``mean`` and ``std`` (unbiased over members, 0 for one member), all
@@ -161,6 +163,8 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
     ``residual_net=None`` evaluates the regression net alone (every member equals it);
     ``regression_net=None`` takes a zero mean (a diffusion net on depth itself).
     A net trained on patches always needs ``patch``; ``GridPatching(img, img)`` runs it on whole frames.
+    ``max_rows``: images x members per sampler batch (members and images are batched together;
+    None or 0: all at once); the result is the same for any value.
     """
     if len(keys) != cond.shape[0]:
         raise ValueError(f"{len(keys)} keys for a batch of {cond.shape[0]}")
@@ -175,22 +179,31 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
     if residual_net is None:
         draws = [mean] * members
     else:
+        if sampler not in ("stochastic", "deterministic"):
+            raise ValueError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
         net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if hr_mean_conditioning else cond
-        common = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                      patching=patch, global_cond=cond if patch is not None else None)
-        draws = []
-        for m in range(members):
-            rng = StackedRandomGenerator([sample_seed(seed, k, m) for k in keys], cond.device)
-            latents = rng.randn([n, img_channels, h, w], device=cond.device)
+        # Rows (member m, image i) in member-major order, sampled max_rows at a time: each row
+        # draws from its own generator, so the result does not depend on how rows are batched.
+        rows = [(m, i) for m in range(members) for i in range(n)]
+        step = max_rows if max_rows and max_rows > 0 else len(rows)
+        res_rows = []
+        for r0 in range(0, len(rows), step):
+            chunk = rows[r0:r0 + step]
+            idx = torch.tensor([i for _, i in chunk], device=cond.device)
+            rng = StackedRandomGenerator([sample_seed(seed, keys[i], m) for m, i in chunk],
+                                         cond.device)
+            latents = rng.randn([len(chunk), img_channels, h, w], device=cond.device)
+            common = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                          patching=patch, global_cond=cond[idx] if patch is not None else None)
             if sampler == "stochastic":
-                res = stochastic_sampler(residual_net, latents, net_cond, randn_like=rng.randn_like,
-                                         S_churn=S_churn, S_min=S_min, S_max=S_max,
-                                         S_noise=S_noise, **common)
-            elif sampler == "deterministic":
-                res = deterministic_sampler(residual_net, latents, net_cond, **common)
+                res = stochastic_sampler(residual_net, latents, net_cond[idx],
+                                         randn_like=rng.randn_like, S_churn=S_churn, S_min=S_min,
+                                         S_max=S_max, S_noise=S_noise, **common)
             else:
-                raise ValueError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
-            draws.append(mean + res)
+                res = deterministic_sampler(residual_net, latents, net_cond[idx], **common)
+            res_rows.append(res)
+        res = torch.cat(res_rows).reshape(members, n, img_channels, h, w)
+        draws = [mean + res[m] for m in range(members)]
     stacked = torch.stack(draws, dim=1)
     out = {"regression": mean, "mean": ensemble_mean(stacked),
            "std": stacked.std(dim=1) if members > 1 else torch.zeros_like(mean)}

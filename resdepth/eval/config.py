@@ -23,6 +23,8 @@ class InferenceSettings(SamplerSettings):
     overlap: int = opt(4, "Overlap in pixels between neighbouring patches.")
     boundary: int = opt(2, "Boundary pixels padded around each patch.")
     batch: int = opt(4, "Images per forward pass (does not change any prediction).")
+    sample_rows: int = opt(0, "Images x ensemble members per sampler batch: members and images run together (0: batch x ensemble; does not change any prediction).")
+    precision: Literal["fp32", "bf16"] = opt("fp32", "Autocast precision of the nets (bf16: faster on GPU, changes the numbers).")
     seed: int = opt(0, "Base seed; every member of every sample has its own generator from (seed, key, member).")
     unit_size: int = opt(64, "Samples per work unit (one part file each); fixed, so the work list does not depend on the world size.")
     num_tasks: Optional[int] = opt(None, "Slurm array tasks sharing this work (default: SLURM_ARRAY_TASK_COUNT, else 1).")
@@ -47,7 +49,7 @@ class EvalConfig(InferenceSettings):
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
-NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "num_workers", "device", "threads",
+NON_RESULT_KEYS = ("out", "batch", "sample_rows", "num_tasks", "task_id", "num_workers", "device", "threads",
                    "save_predictions", "save_members", "regression", "diffusion", "data", "baseline")
 
 
@@ -113,6 +115,8 @@ def inference_errors(cfg: InferenceSettings) -> list[str]:
         errors.append("ensemble: at least 2 members are needed for the ensemble spread and CRPS")
     if cfg.threads < 0:
         errors.append(f"threads: must be >= 0, got {cfg.threads}")
+    if cfg.sample_rows < 0:
+        errors.append(f"sample_rows: must be >= 0, got {cfg.sample_rows}")
     if cfg.patch < 0:
         errors.append(f"patch: must be >= 0, got {cfg.patch}")
     if cfg.patch and not 0 <= cfg.overlap < cfg.patch:

@@ -121,14 +121,18 @@ def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[st
     from resdepth.diffusion.sampler import generate_ensemble
 
     norm = nets.norm
+    amp = torch.autocast(events.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     if nets.diffusion is None:
-        return {"regression": norm.denormalize(nets.regression(events).float()).float()}
+        with amp:
+            reg = nets.regression(events)
+        return {"regression": norm.denormalize(reg.float()).float()}
     spec = nets.diffusion_meta["spec"]
-    out = generate_ensemble(
-        nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed, members=cfg.ensemble,
-        num_steps=cfg.steps, **sampler_kwargs(cfg, nets),
-        hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
-        return_members=True)
+    with amp:
+        out = generate_ensemble(
+            nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed,
+            members=cfg.ensemble, num_steps=cfg.steps, **sampler_kwargs(cfg, nets),
+            hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
+            return_members=True, max_rows=cfg.sample_rows or None)
     members = norm.denormalize(out["members"].float()).float()
     pred = {"regression": norm.denormalize(out["regression"].float()).float(),
             "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
