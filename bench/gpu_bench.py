@@ -96,8 +96,8 @@ def train_section(args, device: torch.device, hw: tuple[int, int], model: list[s
             except ImportError:
                 print(f"{name:<32}{'-':<12}  skipped: NVIDIA Apex is not installed")
                 continue
-        cfg = load_cfg([*model, *(f"trainer.{k}={str(v).lower()}" for k, v in tc.items()),
-                        "trainer.cpu_bf16=true" if device.type == "cpu" else "trainer.tf32=true"])
+        cpu = ["trainer.cpu_bf16=true"] if device.type == "cpu" else []
+        cfg = load_cfg([*model, *(f"trainer.{k}={str(v).lower()}" for k, v in tc.items()), *cpu])
         configure_backends(cfg.trainer, device)
         reg, res = nets(cfg, hw, device, apex=opts.get("apex", False))
         if opts.get("nchw"):
