@@ -134,6 +134,7 @@ def rendezvous_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
 
 
 _ENV = DistEnv()
+_HOST_GROUP = None  # gloo group for host tensors when the default group is NCCL (see all_reduce_sum)
 
 
 def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = False,
@@ -144,14 +145,15 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
     ``timeout_s`` bounds every collective; ``rendezvous_timeout`` (default: ``rendezvous_timeout_s()``)
     bounds the start-up, which otherwise raises ``RendezvousError``.
     """
-    global _ENV
+    global _ENV, _HOST_GROUP
     _ENV = detect_env()
     if torch_dist.is_initialized() or (_ENV.world_size == 1 and not group):
         return _ENV
+    _HOST_GROUP = None  # belonged to a group destroyed since
     use_cuda = torch.cuda.is_available() if device_type == "auto" else device_type == "cuda"
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
-        torch.cuda.set_device(_ENV.local_rank)
+        torch.cuda.set_device(device())  # local_rank % visible GPUs: one GPU per task under Slurm
     timeout = datetime.timedelta(seconds=timeout_s)
     if _ENV.world_size == 1:
         # Nobody to meet: a store inside this process, never a port (under torchrun the agent's
@@ -256,13 +258,24 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def _host_group():
+    """A gloo group beside the NCCL one, made on first use (every rank reaches the same first
+    host-tensor reduction, so creation stays collective)."""
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = torch_dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (float64 sums stay exact for counts) and return it."""
+    """Sum a tensor over ranks in place (float64 sums stay exact for counts) and return it.
+
+    Host tensors (stop flags, counters, evaluation sums) go through gloo even when the default
+    group is NCCL: moving them to the GPU and back would wait for all queued GPU work every step.
+    """
     if is_dist():
-        if torch_dist.get_backend() == "nccl" and t.device.type != "cuda":
-            moved = t.to(device())
-            torch_dist.all_reduce(moved)
-            t.copy_(moved.to(t.device))
+        if torch_dist.get_backend() == "nccl" and t.device.type == "cpu":
+            torch_dist.all_reduce(t, group=_host_group())
         else:
             torch_dist.all_reduce(t)
     return t
@@ -291,6 +304,8 @@ def print0(*args, **kwargs) -> None:
 
 def shutdown() -> None:
     """Leave the process group cleanly (without it multi-rank gloo runs abort at exit)."""
+    global _HOST_GROUP
     if is_dist():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
+    _HOST_GROUP = None

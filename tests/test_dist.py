@@ -128,3 +128,28 @@ def test_world_of_one_group_uses_no_port(monkeypatch):
     finally:
         dist.shutdown()
     assert time.monotonic() - t0 < 5
+
+
+def test_host_tensors_reduce_over_gloo_beside_nccl(monkeypatch):
+    """With an NCCL default group, host tensors (stop flags, counters) are reduced over a gloo
+    group of their own: never copied to the GPU, which would wait for its queued work each step."""
+    monkeypatch.setattr(dist, "_ENV", dist.DistEnv())
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    dist.init("cpu", group=True)
+    try:
+        default = torch.distributed.group.WORLD
+        monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")
+        monkeypatch.setattr(dist, "device", lambda: pytest.fail("a host tensor went to the device"))
+        used = []
+        real = torch.distributed.all_reduce
+        monkeypatch.setattr(torch.distributed, "all_reduce",
+                            lambda t, group=None, **kw: used.append(group) or real(t, group=group, **kw))
+        assert dist.all_reduce_sum(torch.tensor([2.0], dtype=torch.float64)).tolist() == [2.0]
+        assert dist.any_rank(True) and not dist.any_rank(False)
+        assert len(used) == 3 and all(g is not None and g is not default for g in used)
+        assert used[0] is used[1] is used[2]  # one host group, made once
+    finally:
+        monkeypatch.undo()
+        dist.shutdown()
+    assert dist._HOST_GROUP is None
