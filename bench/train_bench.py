@@ -71,8 +71,9 @@ def gpu_section() -> None:
     from resdepth.diffusion.loss import RegressionLoss
     from resdepth.models.build import arch_spec, build_net
 
+    # levels 256, 128, 64: attention in the bottleneck block only
     cfg = load_config(Config, ["experiment=baseline_regression", "model.model_channels=64",
-                               "model.num_blocks=2", "model.attn_resolutions=[16]"])
+                               "model.num_blocks=2", "model.attn_resolutions=[]"])
     spec = arch_spec(cfg.model, "regression", 5, [256, 256])
     net = build_net(spec).cuda().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
