@@ -12,7 +12,7 @@ import sys
 import typing
 from typing import Literal, Optional, Union
 
-from resdepth.config.core import ConfigError, from_dict, parse_overrides
+from resdepth.config.core import from_dict, parse_overrides
 from resdepth.eval.config import EvalConfig
 
 _UNSET = object()
@@ -80,35 +80,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cli(argv: Optional[list[str]] = None) -> None:
-    from resdepth.utils.cli import run_reporting_errors
+    from resdepth.utils.cli import work_list_cli
 
-    argv = sys.argv[1:] if argv is None else argv
-    errors = _user_errors()
-    if argv[:1] == ["merge"]:
-        p = argparse.ArgumentParser(prog="resdepth-eval merge",
-                                    description="Reduce parts/ into metrics.json, report.md and "
-                                                "samples.png; fails listing missing units.")
-        p.add_argument("dir", help="evaluation output directory")
-        args = p.parse_args(argv[1:])
+    def main(cfg: EvalConfig) -> int:
+        from resdepth.eval.run import main
+
+        return main(cfg)
+
+    def merge(out: str) -> str:
         from resdepth.eval.run import merge
-        from resdepth.utils.logging import setup_logging
 
-        setup_logging(None, 0)
+        return f"{merge(out)['num_samples']} samples merged into {out}/metrics.json"
 
-        def merge_and_report() -> int:
-            metrics = merge(args.dir)
-            print(f"{metrics['num_samples']} samples merged into {args.dir}/metrics.json")
-            return 0
+    work_list_cli("resdepth-eval", sys.argv[1:] if argv is None else argv, parse_args, main, merge,
+                  "Reduce parts/ into metrics.json, report.md and samples.png; fails listing "
+                  "missing units.", "evaluation output directory", _user_errors())
 
-        sys.exit(run_reporting_errors("resdepth-eval merge", merge_and_report, errors))
-    try:
-        cfg = parse_args(argv)
-    except ConfigError as e:
-        print(f"resdepth-eval: {e}", file=sys.stderr)
-        sys.exit(2)
-    from resdepth.eval.run import main
-
-    sys.exit(run_reporting_errors("resdepth-eval", lambda: main(cfg), errors))
 
 if __name__ == "__main__":
     cli()

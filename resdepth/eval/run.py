@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -48,17 +48,22 @@ class Context:
 def main(cfg: EvalConfig) -> int:
     """Evaluate this process's units; the process that completes the work list merges it. 0 when done."""
     validate(cfg)
+    return run_work_list(cfg, evaluate)
+
+
+def run_work_list(cfg: Any, body: Callable[[Any, Path, int, int], None]) -> int:
+    """The process around a work list (evaluation's and prediction's): threads, process group,
+    array task, per-task log files, then ``body(cfg, out, num_tasks, task_id)``; 0 when done."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # the collectives here are few and short, but a rank may wait for another's last unit
     env = dist.init("cpu" if cfg.device == "cpu" else "auto", timeout_s=3600.0)
     num_tasks, task_id = resolve_tasks(cfg)
     out = Path(cfg.out)
-    log_dir = out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else "")
-    setup_logging(log_dir, env.rank)
+    setup_logging(out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else ""), env.rank)
     ok = False
     try:
-        evaluate(cfg, out, num_tasks, task_id)
+        body(cfg, out, num_tasks, task_id)
         ok = True
         return 0
     finally:

@@ -11,7 +11,6 @@ import argparse
 import sys
 from typing import Optional
 
-from resdepth.config.core import ConfigError
 from resdepth.eval.__main__ import add_config_flags, parse_config
 from resdepth.predict.config import PredictConfig
 
@@ -35,34 +34,22 @@ def parse_args(argv: list[str]) -> PredictConfig:
 
 def cli(argv: Optional[list[str]] = None) -> None:
     from resdepth.predict.run import IncompletePrediction
-    from resdepth.utils.cli import run_reporting_errors, user_errors
+    from resdepth.utils.cli import user_errors, work_list_cli
 
-    argv = sys.argv[1:] if argv is None else argv
-    errors = user_errors(IncompletePrediction)
-    if argv[:1] == ["merge"]:
-        p = argparse.ArgumentParser(prog="resdepth-predict merge",
-                                    description="Write frames.csv and the preview video once every "
-                                                "unit has its outputs; fails listing missing units.")
-        p.add_argument("dir", help="prediction output directory")
-        args = p.parse_args(argv[1:])
+    def main(cfg: PredictConfig) -> int:
+        from resdepth.predict.run import main
+
+        return main(cfg)
+
+    def merge(out: str) -> str:
         from resdepth.predict.run import merge
-        from resdepth.utils.logging import setup_logging
 
-        setup_logging(None, 0)
+        return f"windows listed in {merge(out)}"
 
-        def merge_and_report() -> int:
-            print(f"windows listed in {merge(args.dir)}")
-            return 0
-
-        sys.exit(run_reporting_errors("resdepth-predict merge", merge_and_report, errors))
-    try:
-        cfg = parse_args(argv)
-    except ConfigError as e:
-        print(f"resdepth-predict: {e}", file=sys.stderr)
-        sys.exit(2)
-    from resdepth.predict.run import main
-
-    sys.exit(run_reporting_errors("resdepth-predict", lambda: main(cfg), errors))
+    work_list_cli("resdepth-predict", sys.argv[1:] if argv is None else argv, parse_args, main,
+                  merge, "Write frames.csv and the preview video once every unit has its outputs; "
+                  "fails listing missing units.", "prediction output directory",
+                  user_errors(IncompletePrediction))
 
 
 if __name__ == "__main__":

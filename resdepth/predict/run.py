@@ -20,16 +20,15 @@ import torch
 
 from resdepth import dist
 from resdepth.eval import parts as P
-from resdepth.eval.config import resolve_tasks, result_hash
+from resdepth.eval.config import result_hash
 from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
 from resdepth.eval.progress import EvalProgress
 from resdepth.eval.reader import prefetch
-from resdepth.eval.run import batches
+from resdepth.eval.run import batches, run_work_list
 from resdepth.eval.work import Unit, make_units, task_units, worker_units
 from resdepth.predict import outputs
 from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
 from resdepth.predict.windows import Windows, open_recording
-from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
 
@@ -53,22 +52,7 @@ class Context:
 def main(cfg: PredictConfig) -> int:
     """Predict this process's units; the process that completes the work list merges. 0 when done."""
     validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = dist.init("cpu" if cfg.device == "cpu" else "auto", timeout_s=3600.0)
-    num_tasks, task_id = resolve_tasks(cfg)
-    out = Path(cfg.out)
-    setup_logging(out / "logs" / (f"task-{task_id:04d}" if num_tasks > 1 else ""), env.rank)
-    ok = False
-    try:
-        run(cfg, out, num_tasks, task_id)
-        ok = True
-        return 0
-    finally:
-        if ok:
-            dist.shutdown()
-        elif dist.is_dist():
-            torch.distributed.destroy_process_group()
+    return run_work_list(cfg, run)
 
 
 def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
