@@ -29,7 +29,10 @@ def test_skip_with_no_good_sample_stops(tiny_shards, tmp_path):
                   "data.on_error=skip", "data.max_consecutive_skips=40", "data.num_workers=2",
                   "trainer.max_steps=5"], check=False, timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    err = proc.stderr.strip().splitlines()[-1]
+    # the error is one line; a loader worker may still log a line of its own after it
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("resdepth-train: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    err = errors[0]
     assert err.startswith("resdepth-train: error: loader worker ")
     assert "40 bad samples in a row (data.max_consecutive_skips=40)" in err
     assert "depth.npy missing" in err and "Traceback" not in proc.stderr
