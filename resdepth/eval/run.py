@@ -131,31 +131,9 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
                   None if base is None else torch.from_numpy(base)[None], plan["hash"], device,
                   shapes_for(bins, h, w), dict(shards), depth_range(nets))
 
-    world, rank = dist.world_size(), dist.rank()
-    mine = worker_units(units, num_tasks, task_id, world, rank)
-    todo = [u for u in mine if not unit_done(ctx, u)]
-    log.info("task %d/%d rank %d/%d: %d units of %d to evaluate (%d finished earlier)", task_id,
-             num_tasks, rank, world, len(todo), len(mine), len(mine) - len(todo))
-    ours = task_units(units, num_tasks, task_id, world)
-    progress = EvalProgress(out, [u.to_dict() for u in ours], enabled=dist.is_main())
-    start = time.perf_counter()
-    try:
-        for unit in todo:
-            evaluate_unit(ctx, unit, progress)
-            log.info("unit %s done", unit.name)
-            progress.update()
-        if world > 1:
-            # Ranks that finish early wait on the part files, not in a collective that could
-            # time out while a slow rank finishes its last unit.
-            progress.wait_for_others()
-    finally:
-        progress.close()
-    dist.barrier()
-    elapsed = time.perf_counter() - start
+    process_units(ctx, units, num_tasks, task_id, unit_done, evaluate_unit, ("evaluate", "evaluated"),
+                  "samples", "eval")
     if dist.is_main():
-        new = P.done_samples(out, {"units": [u.to_dict() for u in ours]}) - progress.done_at_start
-        log.info("evaluated %d samples in %.2f s (%.3f samples/s, %d process%s)", new, elapsed,
-                 new / max(elapsed, 1e-9), world, "es" if world > 1 else "")
         missing = P.missing_units(out, plan)
         if missing:
             log.info("task %d finished; %d units of other tasks have no part yet: the last task to "
@@ -170,6 +148,39 @@ def depth_range(nets: Nets) -> tuple[float, float]:
     """What the nets can predict, in metres: the depth normalisation's exact range."""
     lo, hi = nets.norm.valid_range_m()
     return max(float(lo), 1e-3), float(hi) if math.isfinite(hi) else None
+
+
+def process_units(ctx: Any, units: list[Unit], num_tasks: int, task_id: int,
+                  done: Callable[[Any, Unit], bool], do_unit: Callable[[Any, Unit, EvalProgress], Any],
+                  verbs: tuple[str, str], noun: str, label: str) -> None:
+    """This process's share of a work list (evaluation's or prediction's): its units without
+    outputs, each through ``do_unit`` under one progress bar; rank 0 then logs the rate."""
+    world, rank = dist.world_size(), dist.rank()
+    mine = worker_units(units, num_tasks, task_id, world, rank)
+    todo = [u for u in mine if not done(ctx, u)]
+    log.info("task %d/%d rank %d/%d: %d units of %d to %s (%d finished earlier)", task_id,
+             num_tasks, rank, world, len(todo), len(mine), verbs[0], len(mine) - len(todo))
+    ours = task_units(units, num_tasks, task_id, world)
+    progress = EvalProgress(ctx.out, [u.to_dict() for u in ours], enabled=dist.is_main(),
+                            label=label, noun=noun)
+    start = time.perf_counter()
+    try:
+        for unit in todo:
+            do_unit(ctx, unit, progress)
+            log.info("unit %s done", unit.name)
+            progress.update()
+        if world > 1:
+            # Ranks that finish early wait on the part files, not in a collective that could
+            # time out while a slow rank finishes its last unit.
+            progress.wait_for_others()
+    finally:
+        progress.close()
+    dist.barrier()
+    elapsed = time.perf_counter() - start
+    if dist.is_main():
+        new = P.done_samples(ctx.out, {"units": [u.to_dict() for u in ours]}) - progress.done_at_start
+        log.info("%s %d %s in %.2f s (%.3f %s/s, %d process%s)", verbs[1], new, noun, elapsed,
+                 new / max(elapsed, 1e-9), noun, world, "es" if world > 1 else "")
 
 
 def unit_done(ctx: Context, unit: Unit) -> bool:

@@ -10,7 +10,6 @@ outputs do not depend on the number of processes.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,8 +23,8 @@ from resdepth.eval.config import result_hash
 from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
 from resdepth.eval.progress import EvalProgress
 from resdepth.eval.reader import prefetch
-from resdepth.eval.run import batches, run_work_list
-from resdepth.eval.work import Unit, make_units, task_units, worker_units
+from resdepth.eval.run import batches, process_units, run_work_list
+from resdepth.eval.work import Unit, make_units
 from resdepth.predict import outputs
 from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
 from resdepth.predict.windows import Windows, open_recording
@@ -97,29 +96,9 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
         P.write_plan(out, plan)
     dist.barrier()
     ctx = Context(cfg, out, nets, make_patching(cfg, nets), windows, plan["hash"], device)
-    world, rank = dist.world_size(), dist.rank()
-    mine = worker_units(units, num_tasks, task_id, world, rank)
-    todo = [u for u in mine if not unit_done(ctx, u)]
-    log.info("task %d/%d rank %d/%d: %d units of %d to predict (%d finished earlier)", task_id,
-             num_tasks, rank, world, len(todo), len(mine), len(mine) - len(todo))
-    ours = task_units(units, num_tasks, task_id, world)
-    progress = EvalProgress(out, [u.to_dict() for u in ours], enabled=dist.is_main(),
-                            label="predict", noun="windows")
-    start = time.perf_counter()
-    try:
-        for unit in todo:
-            predict_unit(ctx, unit, progress)
-            progress.update()
-        if world > 1:
-            progress.wait_for_others()
-    finally:
-        progress.close()
-    dist.barrier()
+    process_units(ctx, units, num_tasks, task_id, unit_done, predict_unit, ("predict", "predicted"),
+                  "windows", "predict")
     if dist.is_main():
-        new = P.done_samples(out, {"units": [u.to_dict() for u in ours]}) - progress.done_at_start
-        elapsed = time.perf_counter() - start
-        log.info("predicted %d windows in %.2f s (%.3f windows/s, %d process%s)", new, elapsed,
-                 new / max(elapsed, 1e-9), world, "es" if world > 1 else "")
         if P.missing_units(out, plan):
             log.info("task %d finished; other tasks' windows are still missing: the last task to "
                      "finish (or `resdepth-predict merge %s`) writes frames.csv", task_id, out)
