@@ -185,6 +185,35 @@ def eval_section(args, device: torch.device, hw: tuple[int, int], model: list[st
             label = "members one batch at a time" if rows == images else "members and images together"
             print(f"  {prec}, {label} ({rows} rows): {images / (time.perf_counter() - t0):.2f} samples/s",
                   flush=True)
+    metrics_timing(device, hw, images, members)
+
+
+def metrics_timing(device: torch.device, hw: tuple[int, int], images: int, members: int) -> None:
+    """Scoring one batch (depth metrics, CRPS, sharpness) where the predictions are vs on the host."""
+    from resdepth.eval.metrics import depth_metric_sums, ensemble_metric_sums, sharpness_sums
+
+    kw = {"protocol": "pooled", "max_depth": 80.0, "min_depth": 1.978}
+    g = torch.Generator().manual_seed(0)
+    true = 2 + 78 * torch.rand(images, 1, *hw, generator=g)
+    pred = {"members": true[:, None] * (1 + 0.1 * torch.randn(images, members, 1, *hw, generator=g)),
+            "depth": true, "mask": torch.ones(images, 1, *hw, dtype=torch.uint8)}
+    pred = {k: v.to(device) for k, v in pred.items()}  # where the sampler leaves them
+
+    def score(on: torch.device) -> float:
+        x = {k: v.to(on) for k, v in pred.items()}
+        sums = {**depth_metric_sums(x["members"].mean(1), x["depth"], x["mask"], **kw),
+                **ensemble_metric_sums(x["members"], x["depth"], x["mask"], **kw),
+                **sharpness_sums(x["members"], x["depth"], x["mask"], 80.0)}
+        return float(sums["crps_sum"])  # one sync, as evaluation has at the end of a unit
+
+    for on in dict.fromkeys([device, torch.device("cpu")]):
+        score(on)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            score(on)  # on the host this includes the copy of the predictions
+        sync(device)
+        print(f"  metrics of one batch on {on.type}: {(time.perf_counter() - t0) / 5 * 1e3:.1f} ms", flush=True)
 
 
 def main() -> None:

@@ -279,8 +279,8 @@ def sharpness_sums(preds_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Tens
         x = x.clamp(max=max_depth)
     true = torch.where(valid, true, 1.0)
     x = torch.where(valid, x, 1.0)
-    sums: dict[str, torch.Tensor] = {"grad_pred_sum": torch.zeros((), dtype=torch.float64),
-                                     "grad_true_sum": torch.zeros((), dtype=torch.float64)}
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    sums: dict[str, torch.Tensor] = {"grad_pred_sum": zero, "grad_true_sum": zero}
     edge = torch.zeros_like(valid)
     log_t = true.log()
     for dim in (-1, -2):

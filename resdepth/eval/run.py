@@ -128,7 +128,7 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     dist.barrier()
     base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
-                  None if base is None else torch.from_numpy(base)[None], plan["hash"], device,
+                  None if base is None else torch.from_numpy(base)[None].to(device), plan["hash"], device,
                   shapes_for(bins, h, w), dict(shards), depth_range(nets))
 
     process_units(ctx, units, num_tasks, task_id, unit_done, evaluate_unit, ("evaluate", "evaluated"),
@@ -205,11 +205,22 @@ def batches(it: Iterator, size: int) -> Iterator[list]:
 
 
 def _add(sums: dict, name: str, new: dict) -> None:
-    """Fold one batch's float64 sums into the unit's (python floats: exact in JSON)."""
+    """Fold one batch's float64 sums into the unit's; they stay 0-dim tensors on the device (no host
+    sync per batch) until ``_to_floats`` at the end of the unit."""
     from resdepth.eval.metrics import add_sums
 
-    new = {k: float(v) for k, v in new.items()}
-    sums[name] = add_sums(sums[name], new) if name in sums else new
+    sums[name] = add_sums(sums[name], new) if name in sums else dict(new)
+
+
+def _to_floats(sums: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The unit's sums as python floats (exact in JSON): one device-to-host copy per unit."""
+    names = [(name, k) for name, d in sums.items() for k in d]
+    values = [torch.as_tensor(sums[name][k], dtype=torch.float64) for name, k in names]
+    host = torch.stack([v.to(values[0].device) for v in values]).cpu().tolist() if values else []
+    out: dict[str, dict[str, float]] = {name: {} for name in sums}
+    for (name, k), v in zip(names, host):
+        out[name][k] = v
+    return out
 
 
 SEQ_PREFIX = "seq/"
@@ -274,24 +285,29 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
             unit_keys += keys
             events = torch.from_numpy(np.stack([apply_voxel_norm(s.events, ctx.nets.voxel_norm)
                                                 for s in batch])).to(ctx.device)
-            depth = torch.from_numpy(np.stack([s.depth for s in batch]))
-            mask = torch.from_numpy(np.stack([s.mask for s in batch]))
-            pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}
+            mask_host = np.stack([s.mask for s in batch])
+            # metrics run where the predictions are: only the saved arrays come back to the host
+            depth = torch.from_numpy(np.stack([s.depth for s in batch])).to(ctx.device)
+            mask = torch.from_numpy(mask_host).to(ctx.device)
+            pred = predict(cfg, ctx.nets, events, keys, ctx.patching)
             for name, new in score_batch(ctx, pred, depth, mask).items():
                 _add(sums, name, new)
             sequences = [s.sequence for s in batch]
             for seq in sorted({q for q in sequences if q is not None}):
-                idx = torch.tensor([i for i, q in enumerate(sequences) if q == seq])
+                idx = torch.tensor([i for i, q in enumerate(sequences) if q == seq], device=ctx.device)
                 part = {k: v[idx] for k, v in pred.items()}
                 for name, new in score_batch(ctx, part, depth[idx], mask[idx]).items():
                     _add(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
+            previewed = unit.offset is not None and unit.offset + n < cfg.preview
+            if writer is not None or previewed:
+                pred = {k: v.cpu() for k, v in pred.items() if k != "noise_members"}
             if writer is not None:
                 for i, key in enumerate(keys):
                     writer.write(key, {k: v[i] for k, v in pred.items() if k in SAVED
                                        and (k != "members" or cfg.save_members)})
             keep_previews(ctx, unit, n, batch, pred, previews)
             n += len(batch)
-            valid += int(mask.sum())
+            valid += int(mask_host.sum())
             progress.update(extra=n)
         if writer is not None:
             writer.commit()
@@ -306,7 +322,7 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
         P.save_npz_atomic(P.preview_path(ctx.out, unit.name),
                           {k: np.stack(v) for k, v in previews.items()})
     part = {"unit": unit.name, "hash": ctx.plan_hash, "num_samples": n,
-            "num_valid_pixels": valid, "sums": sums, "keys": unit_keys}
+            "num_valid_pixels": valid, "sums": _to_floats(sums), "keys": unit_keys}
     P.write_part(ctx.out, unit.name, part)
     return part
 

@@ -278,3 +278,41 @@ def test_shard_urls_without_index(reference, eval_root, exports, tmp_path):
     cfg = parse_args(eval_args(exports, urls, out, "--baseline", str(eval_root / "train")))
     assert main(cfg) == 0
     assert_metrics_close(metrics(out), metrics(reference))
+
+
+def test_scoring_stays_where_the_predictions_are(eval_root, exports, tmp_path, monkeypatch):
+    """Without saved predictions or previews, a unit copies nothing to the host per batch: its
+    metric sums come back in one copy at its end (on a GPU: no sync per batch)."""
+    from resdepth.eval import main
+    from resdepth.eval import run as eval_run
+
+    copies, inside = [], []
+    cpu = torch.Tensor.cpu
+
+    def counting_cpu(self, *a, **kw):
+        if inside:
+            copies.append(tuple(self.shape))
+        return cpu(self, *a, **kw)
+
+    unit_body = eval_run.evaluate_unit
+
+    def evaluate_unit(*a, **kw):
+        inside.append(1)
+        try:
+            return unit_body(*a, **kw)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    monkeypatch.setattr(eval_run, "evaluate_unit", evaluate_unit)
+    out = tmp_path / "ev"
+    cfg = parse_args(eval_args(exports, eval_root / "test", out, "--max-samples", "9", "--preview", "0",
+                               "--no-save-predictions"))
+    assert main(cfg) == 0
+    units = len(list((out / "parts").glob("*.json")))
+    # unit size 3 over shards of 5, 3, 8: units of 3, 2, 3 and 1 samples, batches of 2
+    assert units == 4 and metrics(out)["num_samples"] == 9
+    assert len(copies) == units, copies  # the stacked sums, once per unit
+    ref = tmp_path / "ref"
+    assert main(parse_args(eval_args(exports, eval_root / "test", ref, "--max-samples", "9"))) == 0
+    assert_metrics_close(metrics(out), metrics(ref), rel=0)  # saving and previews change no figure
