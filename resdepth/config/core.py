@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -60,6 +61,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# YAML 1.1 (PyYAML) reads ``2e-3`` (no dot) as a string; a float field takes it as the number it is
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
     """Check ``value`` against ``tp``; returns the value (ints widened to float) or records an error."""
     origin = typing.get_origin(tp)
@@ -104,7 +109,8 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str) and value.lower() in ("inf", "+inf", "-inf", "nan"):
+            if isinstance(value, str) and (value.lower() in ("inf", "+inf", "-inf", "nan")
+                                           or _EXPONENT_FLOAT.fullmatch(value)):
                 return float(value)
             errors.append(bad)
             return value

@@ -34,6 +34,16 @@ def yaml_overrides(text):
     return out
 
 
+def test_exponent_without_a_dot_is_a_float():
+    """PyYAML reads ``2e-3`` as a string (YAML 1.1); float fields take it, other fields do not."""
+    cfg = load_config(Config, ["trainer.lr=2e-3", "diffusion.sigma_data=1E-1", "diffusion.S_churn=+5e0"])
+    assert cfg.trainer.lr == 0.002 and cfg.diffusion.sigma_data == 0.1 and cfg.diffusion.S_churn == 5.0
+    with pytest.raises(ConfigError, match="trainer.batch_size: value '1e3' is not of the expected type int"):
+        load_config(Config, ["trainer.batch_size=1e3"])
+    with pytest.raises(ConfigError, match="trainer.lr: value '2e-3x' is not of the expected type float"):
+        load_config(Config, ["trainer.lr=2e-3x"])
+
+
 def test_unknown_key_names_key_and_closest():
     with pytest.raises(ConfigError) as e:
         load_config(Config, ["trainer.max_step=5"])
