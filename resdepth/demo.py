@@ -24,7 +24,7 @@ console = Console()
 SHARDS = {"train": 1536, "val": 64, "test": 128}
 REGRESSION = ["experiment=baseline_regression"]
 DIFFUSION = ["experiment=baseline_diffusion"]
-EVAL = ["--ensemble", "4", "--steps", "10", "--batch", "16", "--save-predictions"]
+EVAL = ["--ensemble", "6", "--steps", "8", "--batch", "16", "--save-predictions"]
 ROWS = [("baseline", "per-pixel mean"), ("regression", "regression"),
         ("noise_baseline", "reg + Gaussian noise"), ("diffusion", "reg + diffusion (mean)"),
         ("diffusion_member", "one diffusion member")]
