@@ -106,28 +106,26 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from launch import submit
 
-    cfg = submit.eval_config(args.overrides)
-    if not cfg.out:
-        raise ConfigError("eval needs out=DIR")
-    res, _ = _resources(args)
-    evals, merge = submit.submit_eval(cfg, res, args.cluster, args.array)
-    print(f"eval  array job {evals.base_id} ({len(evals.job_ids)} tasks)  {evals.dir}")
-    print(f"merge job {merge.job_ids[0]} (afterok:{evals.base_id})  {merge.dir}/metrics.json")
-    if args.cluster != "slurm":
-        submit.wait_done(merge)
-    return 0
+    return _array_then_merge(args, "eval ", submit.eval_config, submit.submit_eval, "metrics.json")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from launch import submit
 
-    cfg = submit.predict_config(args.overrides)
+    return _array_then_merge(args, "predict", submit.predict_config, submit.submit_predict, "frames.csv")
+
+
+def _array_then_merge(args: argparse.Namespace, label: str, make_config, submit_jobs, result: str) -> int:
+    """An array of tasks sharing the work units, then a merge job that writes ``result``."""
+    from launch import submit
+
+    cfg = make_config(args.overrides)
     if not cfg.out:
-        raise ConfigError("predict needs out=DIR")
+        raise ConfigError(f"{label.strip()} needs out=DIR")
     res, _ = _resources(args)
-    tasks, merge = submit.submit_predict(cfg, res, args.cluster, args.array)
-    print(f"predict array job {tasks.base_id} ({len(tasks.job_ids)} tasks)  {tasks.dir}")
-    print(f"merge job {merge.job_ids[0]} (afterok:{tasks.base_id})  {merge.dir}/frames.csv")
+    tasks, merge = submit_jobs(cfg, res, args.cluster, args.array)
+    print(f"{label} array job {tasks.base_id} ({len(tasks.job_ids)} tasks)  {tasks.dir}")
+    print(f"merge job {merge.job_ids[0]} (afterok:{tasks.base_id})  {merge.dir}/{result}")
     if args.cluster != "slurm":
         submit.wait_done(merge)
     return 0

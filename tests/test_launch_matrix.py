@@ -20,6 +20,7 @@ import pytest
 
 from tests.eval.runner import assert_metrics_close, metrics
 from tests.procs import child_env
+from tests.shards import write_synth_splits
 from tests.train.runner import TINY, checksums
 
 BACKENDS = ("ddp", "deepspeed")
@@ -113,16 +114,8 @@ class Matrix:
 @pytest.fixture(scope="session")
 def matrix_shards(tmp_path_factory) -> Path:
     """32 train samples in 4 shards (2 per rank of a world of two), 8 val, 8 test; 16x16, 3 bins."""
-    from resdepth.data.sources import SynthSource
-    from resdepth.data.synthetic import SynthParams
-    from resdepth.data.writer import write_split
-
-    root = tmp_path_factory.mktemp("matrix_shards")
-    params = SynthParams(height=16, width=16, bins=3)
-    for split, n in (("train", 32), ("val", 8), ("test", 8)):
-        src = SynthSource(split, n, seed=5, params=params)
-        write_split(root / split, src, per_shard=8, params={"command": "synth", **src.describe()})
-    return root
+    return write_synth_splits(tmp_path_factory.mktemp("matrix_shards"),
+                              {"train": 32, "val": 8, "test": 8}, seed=5, per_shard=8)
 
 
 @pytest.fixture(scope="session")

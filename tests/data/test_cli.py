@@ -9,6 +9,7 @@ import pytest
 from resdepth.data import format as fmt
 from resdepth.data.loader import ShardStream
 from shards_tools.cli import main
+from tests.shards import rewrite_shard
 
 
 def run(capsys, *argv):
@@ -47,15 +48,7 @@ def test_verify_flipped_byte(capsys, split):
 
 
 def _rewrite(split, name, mutate):
-    import webdataset as wds
-
-    path = split / name
-    samples = [{k: v for k, v in raw.items() if k != "__url__"} for raw in fmt.iter_shard(str(path))]
-    with open(path, "wb") as f:
-        w = wds.TarWriter(f, encoder=False)
-        for raw in samples:
-            w.write(mutate(raw))
-        w.close()
+    rewrite_shard(split / name, mutate)
 
 
 def test_verify_missing_depth(capsys, split):

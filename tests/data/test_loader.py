@@ -12,6 +12,7 @@ import torch.multiprocessing as tmp_mp
 from resdepth.data import format as fmt
 from resdepth.data.loader import ShardStream, split_urls
 from resdepth.data.norm import DepthNorm
+from tests.shards import rewrite_shard
 
 
 def keys_of(stream):
@@ -100,18 +101,6 @@ def test_resume_mid_epoch_matches_uninterrupted(synth_root, workers):
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want))
 
 
-def _rewrite(src_tar, dst_tar, mutate):
-    import webdataset as wds
-
-    with open(dst_tar, "wb") as f:
-        w = wds.TarWriter(f, encoder=False)
-        for raw in fmt.iter_shard(str(src_tar)):
-            raw = mutate({k: v for k, v in raw.items() if k != "__url__"})
-            if raw is not None:
-                w.write(raw)
-        w.close()
-
-
 def test_bad_sample_raise_and_skip(synth_root, tmp_path):
     src = synth_root / "val" / "shard-000001.tar"
     bad = tmp_path / "shard-000003.tar"
@@ -121,7 +110,7 @@ def test_bad_sample_raise_and_skip(synth_root, tmp_path):
             del raw["depth.npy"]
         return raw
 
-    _rewrite(src, bad, drop_depth)
+    rewrite_shard(src, drop_depth, bad)
     with pytest.raises(fmt.DataError, match=r"shard-000003.tar: sample 'val_0000010': depth.npy missing"):
         list(ShardStream([str(bad)], mode="eval", batch_size=2))
     s = ShardStream([str(bad)], mode="eval", batch_size=2, on_error="skip")
@@ -190,7 +179,7 @@ def _all_bad(src, dst):
         del raw["depth.npy"]
         return raw
 
-    _rewrite(src, dst, drop_depth)
+    rewrite_shard(src, drop_depth, dst)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -12,6 +12,7 @@ import torch
 from resdepth.data import format as fmt
 from resdepth.eval import main, merge, parse_args
 from tests.eval.runner import BINS, H, W, eval_args, metrics, run_eval, write_split
+from tests.shards import rewrite_shard
 
 
 @pytest.fixture
@@ -24,17 +25,6 @@ def small(tmp_path):
 
 def reg_only(exports, data, out, *extra):
     return parse_args(eval_args(exports, data, out, "--baseline", "none", *extra, diffusion=False))
-
-
-def _rewrite(path, mutate):
-    import webdataset as wds
-
-    samples = [{k: v for k, v in raw.items() if k != "__url__"} for raw in fmt.iter_shard(str(path))]
-    with open(path, "wb") as f:
-        w = wds.TarWriter(f, encoder=False)
-        for raw in samples:
-            w.write(mutate(raw))
-        w.close()
 
 
 def _edit_index(split, edit):
@@ -135,7 +125,7 @@ def _damage_sample(path, key, mutate):
             mutate(raw)
         return raw
 
-    _rewrite(path, f)
+    rewrite_shard(path, f)
 
 
 @pytest.mark.parametrize("mutate,message", [

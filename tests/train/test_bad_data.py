@@ -4,18 +4,12 @@ from __future__ import annotations
 import re
 import shutil
 
-import webdataset as wds
-
-from resdepth.data import format as fmt
+from tests.shards import rewrite_shard
 from tests.train.runner import TINY, train
 
 
 def _without_depth(src, dst):
-    with open(dst, "wb") as f:
-        w = wds.TarWriter(f, encoder=False)
-        for raw in fmt.iter_shard(str(src)):
-            w.write({k: v for k, v in raw.items() if k not in ("__url__", "depth.npy")})
-        w.close()
+    rewrite_shard(src, lambda raw: {k: v for k, v in raw.items() if k != "depth.npy"}, dst)
 
 
 def test_skip_with_no_good_sample_stops(tiny_shards, tmp_path):

@@ -61,7 +61,13 @@ class DecodedEvents(EventStream):
 def open_events(src: str | Path, sequence: Optional[str] = None, height: Optional[int] = None,
                 width: Optional[int] = None, **_: Any) -> DecodedEvents:
     """The event stream of the file ``src`` (or ``src/<sequence>.raw``)."""
+    return open_file(src, sequence, ".raw", height, width)
+
+
+def open_file(src: str | Path, sequence: Optional[str], suffix: str, height: Optional[int],
+              width: Optional[int]) -> DecodedEvents:
+    """The decoded event stream of the file ``src``, or of ``src/<sequence><suffix>`` in a folder."""
     path = Path(src)
     if path.is_dir():
-        path = path / f"{sequence}.raw"
+        path = path / f"{sequence}{suffix}"
     return DecodedEvents(path, None, height, width)
