@@ -112,8 +112,7 @@ def prepare_truth(true: torch.Tensor, valid: torch.Tensor, protocol: str,
     return true, valid & (true >= min_depth) & (true <= max_depth)
 
 
-def _clip_pred(pred: torch.Tensor, protocol: str, max_depth: Optional[float],
-               min_depth: float) -> torch.Tensor:
+def _clip_pred(pred: torch.Tensor, max_depth: Optional[float], min_depth: float) -> torch.Tensor:
     # Every protocol scores predictions in [Dmax exp(-alpha), Dmax], what the log normalisation can
     # express (RAM-Net's prepare_depth_data clips to it; HMNet's clip_pred clips to
     # [min_depth, max_depth]); pooled keeps min_depth > 0 so that logs and ratios are defined.
@@ -177,7 +176,7 @@ def depth_metric_sums(pred_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Te
     if align:
         pred = align_scale_shift(pred, true, valid)
     true, valid = prepare_truth(true, valid, protocol, max_depth, min_depth)
-    pred = _clip_pred(pred, protocol, max_depth, min_depth)
+    pred = _clip_pred(pred, max_depth, min_depth)
     if protocol == "e2depth":
         # rpg_e2depth also drops pixels whose prediction is not in (0, amax(target)) = (0, Dmax)
         valid = valid & (pred > 0) & (pred < max_depth)
@@ -242,7 +241,7 @@ def ensemble_metric_sums(members_m: torch.Tensor, true_m: torch.Tensor, mask: to
     true = _flat(true_m, n_img)
     true, valid = prepare_truth(true, _valid(true, _flat(mask, n_img)), protocol, max_depth, min_depth)
     if max_depth is not None:
-        x = _clip_pred(x, protocol, max_depth, min_depth)
+        x = _clip_pred(x, max_depth, min_depth)
     true = torch.where(valid, true, 0.0)
     x = torch.where(valid[:, None], x, 0.0)
     w = valid.to(torch.float64)
@@ -284,7 +283,7 @@ def sharpness_sums(preds_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Tens
     edge = torch.zeros_like(valid)
     log_t = true.log()
     for dim in (-1, -2):
-        both = _pairs(valid, dim, torch.logical_and)
+        both = _pairs(valid, dim)
         dx, dt = x.diff(dim=dim), true.diff(dim=dim)
         sums["grad_pred_sum"] = sums["grad_pred_sum"] + (dx ** 2 * both).sum() / m
         sums["grad_true_sum"] = sums["grad_true_sum"] + (dt ** 2 * both).sum()
@@ -296,10 +295,10 @@ def sharpness_sums(preds_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Tens
     return sums
 
 
-def _pairs(valid: torch.Tensor, dim: int, op) -> torch.Tensor:
-    """Neighbour pairs along ``dim``: ``op(valid[i], valid[i+1])`` (one shorter along ``dim``)."""
+def _pairs(valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """Neighbour pairs along ``dim`` where both pixels are valid (one shorter along ``dim``)."""
     size = valid.shape[dim]
-    return op(valid.narrow(dim, 0, size - 1), valid.narrow(dim, 1, size - 1))
+    return valid.narrow(dim, 0, size - 1) & valid.narrow(dim, 1, size - 1)
 
 
 def _spread(pair_flag: torch.Tensor, dim: int) -> torch.Tensor:

@@ -109,10 +109,10 @@ def make_patching(cfg: EvalConfig, nets: Nets):
 
 @torch.no_grad()
 def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[str],
-            patching=None) -> dict[str, torch.Tensor]:
+            patching=None, noise_std: Optional[float] = None) -> dict[str, torch.Tensor]:
     """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, their ``mean``,
-    ``median`` and ``std`` (unbiased over members), and ``noise_members`` of the noise baseline
-    when ``residual_std`` is known; all float32 in metres.
+    ``median`` and ``std`` (unbiased over members), and with ``noise_std`` (normalised depth, see
+    ``residual_std``) ``noise_members`` of the noise baseline; all float32 in metres.
 
     ``mean`` is ``ensemble_mean`` of the members in normalised depth space, denormalised: the same
     definition as the regression mean and the samplers. ``median`` (lower median) and ``std`` are
@@ -137,7 +137,6 @@ def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[st
     pred = {"regression": norm.denormalize(out["regression"].float()).float(),
             "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
             "median": members.median(dim=1).values, "std": members.std(dim=1)}
-    noise_std = residual_std(cfg, nets)
     if noise_std is not None:
         pred["noise_members"] = norm.denormalize(
             noise_baseline(out["regression"].float(), keys, cfg.seed, cfg.ensemble, noise_std)).float()

@@ -19,9 +19,8 @@ import torch
 
 from resdepth import dist
 from resdepth.eval import parts as P
-from resdepth.eval import predict as predict_mod
 from resdepth.eval.config import EvalConfig, resolve_tasks, result_hash, validate
-from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
+from resdepth.eval.predict import Nets, load_nets, make_patching, predict, residual_std, resolve_device
 from resdepth.eval.progress import EvalProgress
 from resdepth.eval.work import Unit, make_units, split_shards, task_units, worker_units
 from resdepth.utils.atomic import write_json_atomic
@@ -43,6 +42,7 @@ class Context:
     shapes: dict          # every sample's array shapes (from the nets' data shape)
     totals: dict          # shard url -> its sample count in the index (None when uncounted)
     depth_range: tuple[float, float]  # [Dmax exp(-alpha), Dmax] of the depth normalisation
+    noise_std: Optional[float]  # the noise baseline's std (normalised depth); None: no noise baseline
 
 
 def main(cfg: EvalConfig) -> int:
@@ -93,7 +93,7 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
     settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
                 "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed,
                 "protocol": cfg.protocol,
-                "noise_std": predict_mod.residual_std(cfg, nets) if cfg.diffusion else None}
+                "noise_std": residual_std(cfg, nets)}
     return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
             "index_num_samples": None if index is None else int(index.get("num_samples", -1)),
             "max_samples": cfg.max_samples, "preview": cfg.preview,
@@ -129,7 +129,7 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
                   None if base is None else torch.from_numpy(base)[None].to(device), plan["hash"], device,
-                  shapes_for(bins, h, w), dict(shards), depth_range(nets))
+                  shapes_for(bins, h, w), dict(shards), depth_range(nets), residual_std(cfg, nets))
 
     process_units(ctx, units, num_tasks, task_id, unit_done, evaluate_unit, ("evaluate", "evaluated"),
                   "samples", "eval")
@@ -266,6 +266,26 @@ def score_batch(ctx: Context, pred: dict[str, torch.Tensor], depth: torch.Tensor
     return out
 
 
+def score_by_sequence(ctx: Context, sums: dict, pred: dict[str, torch.Tensor], depth: torch.Tensor,
+                      mask: torch.Tensor, sequences: list[Optional[str]]) -> None:
+    """Score a batch once per sequence in it and fold each group's sums into the split's and into
+    its sequence's (samples without a sequence: the split's only). Sums add, so the split's are
+    those of the whole batch."""
+    groups: dict[Optional[str], list[int]] = {}
+    for i, seq in enumerate(sequences):
+        groups.setdefault(seq, []).append(i)
+    for seq, rows in groups.items():
+        if len(rows) == len(sequences):
+            part, d, m = pred, depth, mask
+        else:
+            idx = torch.tensor(rows, device=depth.device)
+            part, d, m = {k: v[idx] for k, v in pred.items()}, depth[idx], mask[idx]
+        for name, new in score_batch(ctx, part, d, m).items():
+            _add(sums, name, new)
+            if seq is not None:
+                _add(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
+
+
 def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     """Predict every sample of ``unit``, write its predictions and previews, then (last) its part."""
     from resdepth.data.voxel import apply_voxel_norm
@@ -289,22 +309,16 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
             # metrics run where the predictions are: only the saved arrays come back to the host
             depth = torch.from_numpy(np.stack([s.depth for s in batch])).to(ctx.device)
             mask = torch.from_numpy(mask_host).to(ctx.device)
-            pred = predict(cfg, ctx.nets, events, keys, ctx.patching)
-            for name, new in score_batch(ctx, pred, depth, mask).items():
-                _add(sums, name, new)
-            sequences = [s.sequence for s in batch]
-            for seq in sorted({q for q in sequences if q is not None}):
-                idx = torch.tensor([i for i, q in enumerate(sequences) if q == seq], device=ctx.device)
-                part = {k: v[idx] for k, v in pred.items()}
-                for name, new in score_batch(ctx, part, depth[idx], mask[idx]).items():
-                    _add(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
+            pred = predict(cfg, ctx.nets, events, keys, ctx.patching, ctx.noise_std)
+            score_by_sequence(ctx, sums, pred, depth, mask, [s.sequence for s in batch])
             previewed = unit.offset is not None and unit.offset + n < cfg.preview
-            if writer is not None or previewed:
-                pred = {k: v.cpu() for k, v in pred.items() if k != "noise_members"}
+            if writer is not None or previewed:  # to the host: what is saved or previewed only
+                pred = {k: v.cpu() for k, v in pred.items()
+                        if k in SAVED and (k != "members" or cfg.save_members or previewed)}
             if writer is not None:
                 for i, key in enumerate(keys):
-                    writer.write(key, {k: v[i] for k, v in pred.items() if k in SAVED
-                                       and (k != "members" or cfg.save_members)})
+                    writer.write(key, {k: v[i] for k, v in pred.items()
+                                       if k != "members" or cfg.save_members})
             keep_previews(ctx, unit, n, batch, pred, previews)
             n += len(batch)
             valid += int(mask_host.sum())

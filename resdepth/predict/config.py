@@ -27,8 +27,6 @@ class PredictConfig(InferenceSettings):
     video: Literal["mp4", "gif", "none"] = opt("mp4", "Preview of the whole recording (mp4 through imageio-ffmpeg, else gif).")
     fps: float = opt(10.0, "Frames per second of the preview video.")
 
-    noise_baseline = False  # not a setting: evaluation's noise-baseline members are not predicted
-
 
 # Settings that change no number in parts/ or the depth files.
 NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "device", "threads", "regression",
