@@ -344,7 +344,8 @@ class Trainer:
         self._in_row = torch.where(ok, 0, self._in_row + 1)
         reached = (self._in_row >= tc.max_nonfinite) & (self._limit_step < 0)
         self._limit_step = torch.where(reached, self.step, self._limit_step)
-        self.interval["loss_sum"] += okf * res.loss_sum.to(torch.float64) / micro_batches
+        # a skipped step adds nothing (where, not okf *: 0 x NaN would poison the interval's mean)
+        self.interval["loss_sum"] += torch.where(ok, res.loss_sum.to(torch.float64), 0.0) / micro_batches
         self.interval["n"] += okf
         self.interval["nonfinite"] += 1 - okf
         if self.ema is not None:

@@ -131,6 +131,8 @@ def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(snapshot["w"], trainer.engine.module.parameters()))
     # The stop is noticed at the next log line (step 5); steps 2, 3 and 4 were skipped.
     assert trainer.nonfinite_in_row == 3 and trainer.images_seen == 5 * 4
+    # The skipped steps add nothing to the interval's loss: it stays that of the good steps.
+    assert float(trainer.interval["n"]) == 2 and math.isfinite(float(trainer.interval["loss_sum"]))
 
 
 def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regression_run, tmp_path):
