@@ -64,8 +64,6 @@ def rng_state() -> dict[str, Any]:
                        int(np_state[2]), int(np_state[3]), float(np_state[4])],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # this rank's own GPU only: others may be another rank's
-        from resdepth import dist
-
         state["cuda"] = torch.cuda.get_rng_state(dist.device())
     return state
 
@@ -78,8 +76,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        from resdepth import dist
-
         cuda = state["cuda"]
         if isinstance(cuda, (list, tuple)):  # written by an older version: every visible GPU
             cuda = cuda[dist.device().index] if dist.device().index < len(cuda) else None

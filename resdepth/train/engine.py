@@ -119,8 +119,7 @@ class DDPEngine:
         return None
 
 
-def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool,
-                     own_clipping: bool = False) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> dict[str, Any]:
     """The DeepSpeed JSON: ``trainer.deepspeed_config`` file, then the inline trainer keys."""
     ds: dict[str, Any] = {}
     if cfg.deepspeed_config:
@@ -142,8 +141,7 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool,
                "gradient_accumulation_steps": cfg.grad_accum,
                "train_batch_size": micro_batch * cfg.grad_accum * dist.world_size(),
                "zero_optimization": zero,
-               # fp32 ZeRO-0 neither reports nor checks the norm: our optimiser clips there
-               "gradient_clipping": 0.0 if own_clipping else cfg.clip_grad,
+               "gradient_clipping": cfg.clip_grad,
                "zero_allow_untested_optimizer": True,  # our AdamW subclass (fused, guarded)
                "steps_per_print": 10**9,
                "bf16": {"enabled": use_bf16}})
@@ -178,9 +176,9 @@ class DeepSpeedEngine:
         self.cfg, self.device = cfg, device
         bf16 = use_bf16(cfg, device)
         ds_cfg = deepspeed_config(cfg, micro_batch, bf16)
-        stage = ds_cfg["zero_optimization"]["stage"]
-        own_clipping = not bf16 and stage == 0
-        ds_cfg = deepspeed_config(cfg, micro_batch, bf16, own_clipping)
+        own_clipping = not bf16 and ds_cfg["zero_optimization"]["stage"] == 0
+        if own_clipping:  # fp32 ZeRO-0 neither reports nor checks the norm: our optimiser clips there
+            ds_cfg["gradient_clipping"] = 0.0
         optimizer = make_optimizer(net, cfg, clip=cfg.clip_grad if own_clipping else None)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=net.to(device), optimizer=optimizer, config=ds_cfg, dist_init_required=False)
