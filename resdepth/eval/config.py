@@ -49,8 +49,12 @@ class EvalConfig(InferenceSettings):
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
-NON_RESULT_KEYS = ("out", "batch", "sample_rows", "num_tasks", "task_id", "num_workers", "device", "threads",
-                   "save_predictions", "save_members", "regression", "diffusion", "data", "baseline")
+# Settings of evaluation and prediction alike that change no number: where and how fast it runs,
+# and the exports' paths (their content is in the identity)
+INFERENCE_NON_RESULT_KEYS = ("out", "batch", "sample_rows", "num_tasks", "task_id", "device", "threads",
+                             "regression", "diffusion")
+NON_RESULT_KEYS = INFERENCE_NON_RESULT_KEYS + ("num_workers", "save_predictions", "save_members", "data",
+                                               "baseline")
 
 
 def result_hash(cfg: InferenceSettings, identity: Mapping[str, object],

@@ -86,8 +86,9 @@ def load_nets(cfg: EvalConfig, device: torch.device) -> Nets:
     return Nets(reg_net, reg_meta, diff_net, diff_meta, DepthNorm.from_dict(reg_meta["norm"]))
 
 
-def make_patching(cfg: EvalConfig, nets: Nets):
-    """The inference patch grid, or None for whole-image sampling.
+def make_patching(cfg: EvalConfig, nets: Nets, frame: Optional[tuple[int, int]] = None):
+    """The inference patch grid over ``frame`` (H, W; default: the nets' training frame), or None
+    for whole-image sampling.
 
     A net trained on patches expects the resized whole condition; without ``--patch`` it then
     runs on one patch covering the frame.
@@ -96,7 +97,7 @@ def make_patching(cfg: EvalConfig, nets: Nets):
 
     if nets.diffusion is None:
         return None
-    _, h, w = nets.data_shape
+    h, w = frame or nets.data_shape[1:]
     if cfg.patch:
         if not nets.diffusion_meta["spec"].get("patching", False):
             raise ValueError(f"--patch {cfg.patch}: {cfg.diffusion} was trained on whole frames "

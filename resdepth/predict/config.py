@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from resdepth.config.core import ConfigError, opt
-from resdepth.eval.config import InferenceSettings, inference_errors
+from resdepth.eval.config import INFERENCE_NON_RESULT_KEYS, InferenceSettings, inference_errors
 
 
 @dataclass
@@ -28,10 +28,9 @@ class PredictConfig(InferenceSettings):
     fps: float = opt(10.0, "Frames per second of the preview video.")
 
 
-# Settings that change no number in parts/ or the depth files.
-NON_RESULT_KEYS = ("out", "batch", "num_tasks", "task_id", "device", "threads", "regression",
-                   "diffusion", "events", "format", "sequence", "previews", "video", "fps",
-                   "depth_format")
+# Settings that change no number in parts/ and no depth, std or preview file (the recording is in
+# the identity by its windows; the video is made again from the previews at every merge).
+NON_RESULT_KEYS = INFERENCE_NON_RESULT_KEYS + ("events", "format", "sequence", "video", "fps")
 
 
 def validate(cfg: PredictConfig) -> None:

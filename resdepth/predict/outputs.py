@@ -57,16 +57,6 @@ def write_array(path: Path, array: np.ndarray, fmt: str) -> None:
         write_image(path, to_millimetres(array))
 
 
-def read_depth(path: str | Path) -> np.ndarray:
-    """A depth file written by ``write_array`` back in metres (float32)."""
-    p = Path(path)
-    if p.suffix == ".npy":
-        return np.load(p)
-    import imageio.v3 as iio
-
-    return iio.imread(p).astype(np.float32) / 1000.0
-
-
 def preview_image(events: np.ndarray, depth: np.ndarray, std: Optional[np.ndarray],
                   depth_range: tuple[float, float]) -> np.ndarray:
     """Events | depth | std (when given) side by side, uint8 RGB."""

@@ -46,6 +46,7 @@ class Context:
     windows: Windows
     plan_hash: str
     device: torch.device
+    depth_range: tuple[float, float]  # colour range of the previews (metres)
 
 
 def main(cfg: PredictConfig) -> int:
@@ -95,7 +96,10 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
         P.write_plan(out, plan)
     dist.barrier()
-    ctx = Context(cfg, out, nets, make_patching(cfg, nets), windows, plan["hash"], device)
+    frame = (windows.stream.height, windows.stream.width)  # the recording's, not the training's
+    lo, hi = nets.norm.valid_range_m()
+    ctx = Context(cfg, out, nets, make_patching(cfg, nets, frame), windows, plan["hash"], device,
+                  (max(lo, 1e-3), hi if np.isfinite(hi) else nets.norm.max_depth))
     process_units(ctx, units, num_tasks, task_id, unit_done, predict_unit, ("predict", "predicted"),
                   "windows", "predict")
     if dist.is_main():
@@ -130,22 +134,20 @@ def unit_done(ctx: Context, unit: Unit) -> bool:
 def predict_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
     """Predict every window of ``unit``, write its files, then (last) its part."""
     cfg = ctx.cfg
-    lo, hi = ctx.nets.norm.valid_range_m()
-    depth_range = (max(lo, 1e-3), hi if np.isfinite(hi) else ctx.nets.norm.max_depth)
     rows: list[dict] = []
     for batch in batches(prefetch(ctx.windows.iter(unit.start, unit.stop), cfg.batch), cfg.batch):
         keys = [w.key for w in batch]
         events = torch.from_numpy(np.stack([w.events for w in batch])).to(ctx.device)
-        pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()}
+        pred = {k: v.cpu() for k, v in predict(cfg, ctx.nets, events, keys, ctx.patching).items()
+                if k in ("regression", "mean", "std")}  # to the host: what is written only
         depth = pred["mean"] if "mean" in pred else pred["regression"]
         for i, w in enumerate(batch):
             std = pred["std"][i, 0].numpy() if "std" in pred else None
             rows.append(outputs.write_window(ctx.out, w, depth[i, 0].numpy(), std,
-                                             cfg.depth_format, cfg.previews, depth_range))
+                                             cfg.depth_format, cfg.previews, ctx.depth_range))
         progress.update(extra=len(rows))
     part = {"unit": unit.name, "hash": ctx.plan_hash, "num_samples": len(rows), "windows": rows}
     P.write_part(ctx.out, unit.name, part)
-    log.info("unit %s done", unit.name)
     return part
 
 

@@ -180,11 +180,21 @@ def test_resume_redoes_only_missing_units(one_process, exports, mvsec, tmp_path)
     for k in (3, 4, 5):
         (out / "depth" / f"outdoor_day1_{k:06d}.npy").unlink()
     stamp = (out / "depth" / "outdoor_day1_000000.npy").stat().st_mtime_ns
+    other_files = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
+                                                              str(DUR_MS), "--depth-format", "png"),
+                             check=False)
+    assert other_files.returncode != 0 and "holds parts of another" in other_files.stderr
+    assert not list((out / "depth").glob("*.png"))
     proc = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
                                                        str(DUR_MS)))
     assert "1 units of 3 to predict (2 finished earlier)" in proc.stderr + proc.stdout
     assert (out / "depth" / "outdoor_day1_000000.npy").stat().st_mtime_ns == stamp
     assert tree(out) == tree(one_process) and frames(out) == frames(one_process)
+    # --sample-rows is not a result setting: the same directory is taken, with nothing left to do
+    again = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
+                                                        str(DUR_MS), "--sample-rows", "1"))
+    assert "0 units of 3 to predict (3 finished earlier)" in again.stderr + again.stdout
+    assert tree(out) == tree(one_process)
 
 
 def test_npz_by_event_count_png_millimetres_odd_frame(exports, tmp_path):
@@ -206,6 +216,24 @@ def test_npz_by_event_count_png_millimetres_odd_frame(exports, tmp_path):
     assert d.dtype == np.uint16 and d.shape == (h, w) and d.min() > 0
     assert not list((out / "std").glob("*"))
     assert (out / "preview.gif").stat().st_size > 100
+
+
+@pytest.mark.parametrize("patch", [[], ["--patch", "16"]])
+def test_patch_trained_net_on_a_recording_of_another_size(tmp_path, patch):
+    """The patch grid covers the recording's frame (29 x 45), not the one the nets were trained on."""
+    exports = make_exports(tmp_path / "exports", size=(H, W), model=TINY3, bins=BINS, patching=True)
+    h, w = H - 1, W - 1
+    x, y, t, p = random_events(3000, seed=9, h=h, w=w)
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t, p=p, height=h, width=w)
+    out = tmp_path / "out"
+    assert main(parse_args(predict_args(exports, tmp_path / "rec.npz", out, "--window-events", "1000",
+                                        "--video", "none", *patch))) == 0
+    rows = frames(out)
+    assert len(rows) == 3
+    for r in rows:
+        d = np.load(out / r["depth"])
+        assert d.shape == (h, w) and np.isfinite(d).all() and d.min() > 0
+        assert np.load(out / r["std"]).shape == (h, w)
 
 
 def test_camera_files_read_through_faery_give_the_npz_numbers(exports, tmp_path):
