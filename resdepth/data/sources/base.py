@@ -41,6 +41,14 @@ def safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
+def open_h5(path: Any) -> Any:
+    """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered."""
+    import h5py
+    import hdf5plugin  # noqa: F401 - registers Blosc and the other filters on import
+
+    return h5py.File(path, "r")
+
+
 class Events(NamedTuple):
     """A slice of events: ``x``, ``y`` pixel coordinates (float64, rectified when the stream
     rectifies), ``t`` in seconds (float64), ``p`` polarity +1/-1 (int8)."""

@@ -25,16 +25,9 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream, MsIndexMixin
+from resdepth.data.sources.base import DepthFrames, EventStream, MsIndexMixin, open_h5
 
 SENSOR_HW = (480, 640)
-
-
-def _h5(path: Path) -> Any:
-    import h5py
-    import hdf5plugin  # noqa: F401 - registers the Blosc filter DSEC's events.h5 needs
-
-    return h5py.File(path, "r")
 
 
 def sequence_dir(src: str | Path, sequence: Optional[str]) -> Path:
@@ -64,13 +57,13 @@ class DsecEvents(MsIndexMixin, EventStream):
             rect = folder / "rectify_map.h5"
             if not rect.exists():
                 raise fmt.DataError(f"{rect}: missing (pass --no-rectify to use raw pixels)")
-            with _h5(rect) as f:
+            with open_h5(rect) as f:
                 if "rectify_map" not in f:
                     raise fmt.DataError(f"{rect}: no dataset rectify_map")
                 self.rectify_map = np.asarray(f["rectify_map"][()], dtype=np.float32)
         hw = self.rectify_map.shape[:2] if self.rectify_map is not None else SENSOR_HW
         self.height, self.width = int(height or hw[0]), int(width or hw[1])
-        with _h5(Path(self.path)) as f:
+        with open_h5(Path(self.path)) as f:
             for k in ("events/x", "events/y", "events/t", "events/p", "ms_to_idx", "t_offset"):
                 if k not in f:
                     raise fmt.DataError(f"{self.path}: no dataset {k} (DSEC events.h5 expected)")
@@ -81,7 +74,7 @@ class DsecEvents(MsIndexMixin, EventStream):
 
     def _file(self) -> Any:
         if getattr(self, "_h5file", None) is None:
-            self._h5file = _h5(Path(self.path))
+            self._h5file = open_h5(Path(self.path))
         return self._h5file
 
     def __len__(self) -> int:
@@ -186,7 +179,7 @@ def open_depth(src: str | Path, sequence: Optional[str] = None, camera: str = "l
     if camera != "left":
         raise ValueError("DSEC disparity is given in the left event camera's frame; use --camera left")
     d = sequence_dir(src, sequence)
-    with _h5(d / "events" / "left" / "events.h5") as f:
+    with open_h5(d / "events" / "left" / "events.h5") as f:
         t_offset = int(f["t_offset"][()])
     return DsecDepth(d, d.name, t_offset)
 

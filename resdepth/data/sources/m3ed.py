@@ -17,16 +17,9 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream
+from resdepth.data.sources.base import DepthFrames, EventStream, open_h5
 
 SENSOR_HW = (720, 1280)
-
-
-def _h5(path: str | Path) -> Any:
-    import h5py
-    import hdf5plugin  # noqa: F401 - M3ED files may use the Blosc filter
-
-    return h5py.File(path, "r")
 
 
 def _file(src: str | Path, sequence: Optional[str], suffix: str) -> tuple[Path, str]:
@@ -48,7 +41,7 @@ class M3edEvents(EventStream):
                  height: Optional[int] = None, width: Optional[int] = None) -> None:
         self.path, self.sequence, self.group = str(path), sequence, f"prophesee/{camera}"
         self.rectify_map = None
-        with _h5(self.path) as f:
+        with open_h5(self.path) as f:
             for k in ("x", "y", "t", "p"):
                 if f"{self.group}/{k}" not in f:
                     raise fmt.DataError(f"{self.path}: no dataset /{self.group}/{k} (M3ED "
@@ -60,7 +53,7 @@ class M3edEvents(EventStream):
 
     def _g(self) -> Any:
         if getattr(self, "_h5file", None) is None:
-            self._h5file = _h5(self.path)
+            self._h5file = open_h5(self.path)
         return self._h5file[self.group]
 
     def __len__(self) -> int:
@@ -79,7 +72,7 @@ class M3edDepth(DepthFrames):
 
     def __init__(self, path: str | Path, sequence: str) -> None:
         self.path, self.sequence, self.key = str(path), sequence, "depth/prophesee/left"
-        with _h5(self.path) as f:
+        with open_h5(self.path) as f:
             for k in (self.key, "ts"):
                 if k not in f:
                     raise fmt.DataError(f"{self.path}: no dataset /{k} (M3ED <sequence>_depth_gt.h5 "
@@ -93,7 +86,7 @@ class M3edDepth(DepthFrames):
 
     def depth(self, i: int) -> np.ndarray:
         if getattr(self, "_h5file", None) is None:
-            self._h5file = _h5(self.path)
+            self._h5file = open_h5(self.path)
         return np.asarray(self._h5file[self.key][i], dtype=np.float32)
 
     def frame_meta(self, i: int) -> dict[str, Any]:
