@@ -80,14 +80,9 @@ def open_recording(cfg: Any) -> EventStream:
     """The event stream ``cfg`` names, with its rectification."""
     fmt_name = detect_format(cfg.events) if cfg.format == "auto" else cfg.format
     rectify = {"auto": "auto", "true": True, "false": False}[cfg.rectify]
-    src = Path(cfg.events)
-    if fmt_name == "dsec" and src.is_file():  # DSEC's reader takes the events/<camera> folder
-        src = src.parent
-        if rectify == "auto":
-            rectify = (src / "rectify_map.h5").exists()
     if cfg.rectify_map:
         rectify = False  # the given map replaces the recording's own
-    stream = open_events(fmt_name, str(src), cfg.sequence, camera=cfg.camera, rectify=rectify)
+    stream = open_events(fmt_name, str(cfg.events), cfg.sequence, camera=cfg.camera, rectify=rectify)
     if cfg.rectify_map:
         m = load_rectify_map(cfg.rectify_map)
         if m.shape[:2] != (stream.height, stream.width):

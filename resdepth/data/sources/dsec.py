@@ -163,14 +163,19 @@ class DsecDepth(DepthFrames):
 def open_events(src: str | Path, sequence: Optional[str] = None, camera: str = "left",
                 rectify: bool | str = True, height: Optional[int] = None,
                 width: Optional[int] = None) -> DsecEvents:
-    """The events of ``src/<sequence>/events/<camera>/`` (also: a sequence folder, or the
-    ``events/<camera>`` folder itself)."""
+    """The events of ``src/<sequence>/events/<camera>/`` (also: a sequence folder, the
+    ``events/<camera>`` folder itself or its ``events.h5``). ``rectify="auto"`` rectifies when the
+    folder holds ``rectify_map.h5``."""
     src = Path(src)
+    if src.is_file():
+        src = src.parent
     if (src / "events.h5").exists():
         folder, name = src, sequence or src.parent.parent.name
     else:
         d = sequence_dir(src, sequence)
         folder, name = d / "events" / camera, d.name
+    if rectify == "auto":
+        rectify = (folder / "rectify_map.h5").exists()
     return DsecEvents(folder, name, bool(rectify), height, width)
 
 

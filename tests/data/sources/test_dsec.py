@@ -72,6 +72,23 @@ def test_dsec_events_only_stream(dsec):
     assert events_dir.sequence == SEQ and len(events_dir) == len(stream)
 
 
+def test_dsec_events_file_and_rectify_auto(dsec, tmp_path):
+    """The events.h5 file names its folder; rectify="auto" uses rectify_map.h5 only when present."""
+    import shutil
+
+    root, gt = dsec
+    folder = root / SEQ / "events" / "left"
+    sel = gt["t_rel"] < 100_000
+    auto = open_events("dsec", str(folder / "events.h5"), rectify="auto").events_between(0.0, 0.1)
+    np.testing.assert_array_equal(auto.x, gt["rectify_map"][gt["y"][sel], gt["x"][sel], 0])
+    bare = tmp_path / SEQ / "events" / "left"
+    bare.mkdir(parents=True)
+    shutil.copy(folder / "events.h5", bare)  # no rectify_map.h5 beside it
+    raw = open_events("dsec", str(bare / "events.h5"), rectify="auto")
+    assert raw.sequence == SEQ
+    np.testing.assert_array_equal(raw.events_between(0.0, 0.1).x, gt["x"][sel])
+
+
 def test_dsec_all_sequences_window_ms_and_size_mismatch(capsys, tmp_path):
     root = tmp_path / "train"
     write_dsec(root, "zurich_city_00_a", frames=3, events_per_frame=2000, seed=1)
