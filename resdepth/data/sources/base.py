@@ -155,6 +155,33 @@ class EventStream(ABC):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_h5")}
 
 
+class InMemoryEvents(EventStream):
+    """A recording whose event arrays ``x, y, t, p`` (``t`` float64 seconds) are held in memory;
+    subclasses load them and call ``_hold``."""
+    x: np.ndarray
+    y: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+
+    def _hold(self, where: str, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
+        t = np.asarray(t, dtype=np.float64)
+        if np.any(np.diff(t) < 0):
+            raise fmt.DataError(f"{where}: event times are not ascending")
+        self.x, self.y, self.t, self.p = x, y, t, p
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def _read(self, i0: int, i1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.x[i0:i1], self.y[i0:i1], self.t[i0:i1], self.p[i0:i1]
+
+    def _times(self, i0: int, i1: int) -> np.ndarray:
+        return self.t[i0:i1]
+
+    def index_at(self, t: float) -> int:
+        return int(np.searchsorted(self.t, t, side="left"))
+
+
 class MsIndexMixin:
     """``index_at`` through a millisecond table (``ms_to_idx[k]`` = first row at or after
     ``t_origin + k`` ms, DSEC's convention), so a look-up reads at most one millisecond of rows."""

@@ -12,10 +12,10 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import EventStream
+from resdepth.data.sources.base import InMemoryEvents
 
 
-class DecodedEvents(EventStream):
+class DecodedEvents(InMemoryEvents):
     """The events of one camera file, decoded with ``faery.events_stream_from_file``."""
 
     def __init__(self, path: str | Path, sequence: Optional[str] = None,
@@ -35,24 +35,10 @@ class DecodedEvents(EventStream):
         except (RuntimeError, OSError, ValueError) as e:
             raise fmt.DataError(f"{path}: not a readable event file ({e})") from e
         ev = np.concatenate(chunks) if chunks else np.zeros(0, faery.EVENTS_DTYPE)
-        self.t = ev["t"].astype(np.float64) * 1e-6
-        self.x, self.y, self.p = ev["x"], ev["y"], ev["on"]
-        if np.any(np.diff(self.t) < 0):
-            raise fmt.DataError(f"{path}: event times are not ascending")
+        self._hold(str(path), ev["x"], ev["y"], ev["t"].astype(np.float64) * 1e-6,
+                   ev["on"].astype(np.int8))
         self.height, self.width = int(height or h), int(width or w)
         self.rectify_map = None
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def _read(self, i0: int, i1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.x[i0:i1], self.y[i0:i1], self.t[i0:i1], self.p[i0:i1].astype(np.int8)
-
-    def _times(self, i0: int, i1: int) -> np.ndarray:
-        return self.t[i0:i1]
-
-    def index_at(self, t: float) -> int:
-        return int(np.searchsorted(self.t, t, side="left"))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "file": Path(self.path).name}

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import EventStream, Record, safe_key
+from resdepth.data.sources.base import InMemoryEvents, Record, safe_key
 from resdepth.data.voxel import events_to_voxel
 
 
@@ -83,7 +83,7 @@ class NpzSource:
                                                     "samples": len(self.files)}]}
 
 
-class NpzEvents(EventStream):
+class NpzEvents(InMemoryEvents):
     """One ``.npz`` recording of raw events ``x, y, t, p`` (loaded into memory)."""
 
     def __init__(self, path: str | Path, height: Optional[int] = None,
@@ -94,27 +94,12 @@ class NpzEvents(EventStream):
             missing = [k for k in "xytp" if k not in z]
             if missing:
                 raise fmt.DataError(f"{path}: lacks raw event arrays {', '.join(missing)}")
-            self.x, self.y, self.p = (np.asarray(z[k]) for k in "xyp")
-            self.t = np.asarray(z["t"], dtype=np.float64)
+            self._hold(str(path), *(np.asarray(z[k]) for k in "xytp"))
             h = height or (int(z["height"]) if "height" in z else None)
             w = width or (int(z["width"]) if "width" in z else None)
-        if np.any(np.diff(self.t) < 0):
-            raise fmt.DataError(f"{path}: event times are not ascending")
         self.height = h or (int(self.y.max()) + 1 if self.y.size else 1)
         self.width = w or (int(self.x.max()) + 1 if self.x.size else 1)
         self.rectify_map = None
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def _read(self, i0: int, i1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.x[i0:i1], self.y[i0:i1], self.t[i0:i1], self.p[i0:i1]
-
-    def _times(self, i0: int, i1: int) -> np.ndarray:
-        return self.t[i0:i1]
-
-    def index_at(self, t: float) -> int:
-        return int(np.searchsorted(self.t, t, side="left"))
 
 
 def open_events(src: str | Path, sequence: Optional[str] = None, height: Optional[int] = None,
