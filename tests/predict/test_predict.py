@@ -280,6 +280,10 @@ def test_errors_are_one_line(exports, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(["merge", str(tmp_path / "o")])
     assert e.value.code == 1 and "no plan.json" in capsys.readouterr().err
+    np.savez(tmp_path / "shuffled.npz", x=[1, 2], y=[1, 1], t=[2.0, 1.0], p=[1, 0])
+    with pytest.raises(SystemExit) as e:
+        cli(predict_args(exports, tmp_path / "shuffled.npz", tmp_path / "o2", "--window-ms", "50"))
+    assert e.value.code == 1 and "shuffled.npz: event times are not ascending" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dataset", ["dsec", "m3ed"])
