@@ -82,21 +82,19 @@ def baseline_identity(train: Path) -> list:
     return [shard(s) for s in fmt.read_index(train)["shards"]]
 
 
-def load_or_compute(cfg: EvalConfig, out: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
-    """The cached baseline ``[H, W]``, computing it (split across this world's ranks) when absent
-    or cached from another training split (``baseline.json`` names the split it came from).
+def load_or_compute(train: Path, identity: list, out: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The baseline ``[H, W]`` of the training split ``train`` (``identity``: its
+    ``baseline_identity``), cached in ``out``; computed (split across this world's ranks) when
+    absent or cached from another training split (``baseline.json`` names the split it came from).
 
     Collective: every rank of the world calls it. Concurrent array tasks may each compute it;
     the atomic rename makes that harmless.
     """
     from resdepth.eval.work import split_shards
 
-    train = baseline_dir(cfg)
-    if train is None:
-        return None
     path = Path(out) / CACHE
     ident_path = path.with_suffix(".json")
-    ident = {"train": str(train), "identity": baseline_identity(train)}
+    ident = {"train": str(train), "identity": identity}
     try:
         cached = json.loads(ident_path.read_text())["identity"] == ident["identity"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -119,14 +119,13 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
     if not units:
         raise ValueError(f"{cfg.data}: no samples to evaluate")
     train = baseline_dir(cfg)
-    with_baseline = train is not None
-    plan = make_plan(cfg, nets, units, index, baseline_identity(train) if with_baseline else None,
-                     device)
+    train_identity = baseline_identity(train) if train is not None else None
+    plan = make_plan(cfg, nets, units, index, train_identity, device)
     if dist.is_main():
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
         P.write_plan(out, plan)
     dist.barrier()
-    base = load_or_compute(cfg, out, (h, w)) if with_baseline else None
+    base = load_or_compute(train, train_identity, out, (h, w)) if train is not None else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
                   None if base is None else torch.from_numpy(base)[None].to(device), plan["hash"], device,
                   shapes_for(bins, h, w), dict(shards), depth_range(nets), residual_std(cfg, nets))
