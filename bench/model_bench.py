@@ -143,7 +143,7 @@ def section_unet(sizes: Sizes, pnemo: Optional[Any], repeats: int) -> None:
 def residual_ours(sizes: Sizes, ref_weights: Optional[tuple[dict, dict]]) -> Callable[[], None]:
     """``ResidualLoss`` on ``EDMResidualNet(SongUNet)`` with a frozen ``RegressionNet(SongUNet)``."""
     from resdepth.diffusion.loss import ResidualLoss
-    from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+    from resdepth.models.precond import EDMResidualNet, RegressionNet
     from resdepth.models import SongUNet
 
     kw = sizes.unet_kwargs(1 + COND_CHANNELS)
@@ -217,7 +217,7 @@ def section_residual(sizes: Sizes, pnemo: Optional[Any], repeats: int) -> None:
 
 def sampling_nets(sizes: Sizes, pnemo: Optional[Any]) -> dict[str, torch.nn.Module]:
     """Residual nets on a patch-trained ``SongUNetPosEmbd`` (condition: events + resized events)."""
-    from resdepth.diffusion.precond import EDMResidualNet, residual_in_channels
+    from resdepth.models.precond import EDMResidualNet, residual_in_channels
     from resdepth.models import SongUNetPosEmbd
 
     kw = sizes.unet_kwargs(0, res=sizes.sample_res)

@@ -1,4 +1,5 @@
-"""U-Nets of the regression and residual-diffusion nets (PhysicsNeMo-compatible weights)."""
+"""The nets: U-Nets (PhysicsNeMo-compatible weights) and the two wrapped nets of the CorrDiff recipe
+(``precond``: RegressionNet, EDMResidualNet, as PhysicsNeMo keeps its preconditioning beside its models)."""
 from resdepth.models.physicsnemo_io import CheckpointMismatch, load_physicsnemo
 from resdepth.models.song_unet import SongUNet, SongUNetPosEmbd
 

@@ -12,6 +12,9 @@ import torch
 
 from resdepth.models.config import ModelConfig
 from resdepth.models.padding import unet_resolution
+from resdepth.models.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
+                                     residual_in_channels)
+from resdepth.models.song_unet import SongUNet, SongUNetPosEmbd
 
 ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
              "dropout", "embedding_type", "encoder_type", "decoder_type", "resample_filter",
@@ -72,8 +75,6 @@ def check_attention(cfg: ModelConfig, frame: list[int], resolution: list[int]) -
 def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: list[int],
               patching: bool = False) -> dict[str, Any]:
     """The full description of one stage's net: class, U-Net arguments and wrapper settings."""
-    from resdepth.diffusion.precond import regression_in_channels, residual_in_channels
-
     if stage == "regression":
         arch = cfg.arch if cfg.stage == "regression" else cfg.regression_arch
         in_ch = regression_in_channels(cond_channels, img_channels=1)
@@ -91,9 +92,6 @@ def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: 
 def build_net(spec: dict[str, Any], sigma_data: float = 0.5, use_apex_gn: bool = False) -> torch.nn.Module:
     """The wrapped net of ``spec``: ``RegressionNet`` or ``EDMResidualNet`` around its U-Net
     (``use_apex_gn``: Apex's fused group norm in training, same weights)."""
-    from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
-    from resdepth.models import SongUNet, SongUNetPosEmbd
-
     classes = {"SongUNet": SongUNet, "SongUNetPosEmbd": SongUNetPosEmbd}
     kw = dict(spec["unet"])
     if spec["arch"] == "SongUNet" and len(set(kw["img_resolution"])) == 1:

@@ -3,7 +3,7 @@
 The one padding rule of resdepth: an axis the U-Net would refuse (not a multiple of
 ``2**(levels-1)``; PhysicsNeMo also accepts powers of two below it) is zero-padded at the bottom
 and the right up to the next multiple, the net runs on the padded frame, and its output is cropped
-back to the input's size. The wrapped nets (``resdepth.diffusion.precond``) apply it on every
+back to the input's size. The wrapped nets (``resdepth.models.precond``) apply it on every
 call, so training, validation, evaluation and patched sampling all see predictions of the input's
 size, and the padded pixels (mask 0: no target there) never reach a loss or a metric.
 

@@ -4,7 +4,7 @@ from torch import nn
 
 from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
 from resdepth.diffusion.patching import take_patches
-from resdepth.diffusion.precond import EDMResidualNet, residual_in_channels
+from resdepth.models.precond import EDMResidualNet, residual_in_channels
 from tests.diffusion.toys import PointUNet
 
 

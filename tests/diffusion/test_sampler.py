@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from resdepth.diffusion.patching import GridPatching
-from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+from resdepth.models.precond import EDMResidualNet, RegressionNet
 from resdepth.diffusion.sampler import (StackedRandomGenerator, deterministic_sampler,
                                         edm_sigma_steps, generate_ensemble, sample_seed,
                                         stochastic_sampler)

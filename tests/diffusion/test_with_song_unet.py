@@ -4,7 +4,7 @@ import torch
 
 from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
 from resdepth.diffusion.patching import GridPatching
-from resdepth.diffusion.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
+from resdepth.models.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
                                         residual_in_channels)
 from resdepth.diffusion.sampler import generate_ensemble
 

@@ -8,7 +8,7 @@ import torch
 from resdepth.data.norm import DepthNorm
 from resdepth.diffusion import sampler
 from resdepth.diffusion.config import DiffusionConfig
-from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+from resdepth.models.precond import EDMResidualNet, RegressionNet
 from resdepth.eval.config import EvalConfig
 from resdepth.eval.predict import Nets, noise_baseline, predict
 from resdepth.train.stage import predict_panels

@@ -5,7 +5,7 @@ import torch
 
 from resdepth.diffusion.loss import RegressionLoss, ResidualLoss, masked_mean
 from resdepth.diffusion.patching import crop_index
-from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+from resdepth.models.precond import EDMResidualNet, RegressionNet
 from resdepth.models.build import arch_spec, build_net
 from resdepth.models.config import ModelConfig
 from resdepth.models.padding import extend_index, padded_size, unet_resolution

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from resdepth.diffusion.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
+from resdepth.models.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
                                         residual_in_channels)
 from tests.diffusion.toys import PointUNet
 
