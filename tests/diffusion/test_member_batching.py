@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resdepth.diffusion.patching import GridPatching
-from resdepth.diffusion.precond import EDMResidualNet, RegressionNet
+from resdepth.models.precond import EDMResidualNet, RegressionNet
 from resdepth.diffusion.sampler import generate_ensemble
 from tests.diffusion.toys import ConvUNet, PointUNet
 
@@ -13,10 +13,14 @@ from tests.diffusion.toys import ConvUNet, PointUNet
 @pytest.mark.parametrize("sampler", ["stochastic", "deterministic"])
 def test_member_batching_does_not_change_the_ensemble(unet, sampler):
     torch.manual_seed(0)
-    if unet == "point":  # pointwise arithmetic: bit-identical whatever the batch
-        reg, res, tol = RegressionNet(PointUNet(3)), EDMResidualNet(PointUNet(3, seed=1)), 0.0
-    else:  # CPU convolutions may pick batch-size dependent kernels: rounding differs only
-        reg, res, tol = RegressionNet(ConvUNet(3)).eval(), EDMResidualNet(ConvUNet(3)).eval(), 1e-5
+    # Rounding only may differ with the batch: convolutions pick batch-size dependent kernels, and
+    # elementwise kernels round their vectorised body and scalar tail differently (fused
+    # multiply-add; 2e-5 measured on an AVX-512 CPU). A member drawing from the wrong generator
+    # differs by the noise itself, orders of magnitude more.
+    if unet == "point":
+        reg, res, tol = RegressionNet(PointUNet(3)), EDMResidualNet(PointUNet(3, seed=1)), 1e-4
+    else:
+        reg, res, tol = RegressionNet(ConvUNet(3)).eval(), EDMResidualNet(ConvUNet(3)).eval(), 1e-4
     cond = torch.randn(3, 2, 12, 10, generator=torch.Generator().manual_seed(0))
     keys = ["a/0", "a/1", "b/7"]
     kw = dict(seed=5, members=4, num_steps=4, S_churn=10.0, sampler=sampler, return_members=True)
