@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 
 import torch
 import torch.distributed as torch_dist
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -37,7 +38,7 @@ RENDEZVOUS_TIMEOUT_VAR = "RESDEPTH_RENDEZVOUS_TIMEOUT"
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
 
 
-class DistEnvError(RuntimeError):
+class DistEnvError(UserError, RuntimeError):
     """The environment names some but not all of what a distributed launch needs."""
 
 

@@ -22,10 +22,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from resdepth.utils.errors import UserError
+
 CONFIG_DIR_ENV = "RESDEPTH_CONFIG_DIR"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message lists every problem found."""
 
 

@@ -52,6 +52,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from resdepth.utils.atomic import write_json_atomic  # noqa: F401 - used as fmt.write_json_atomic
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -65,7 +66,7 @@ F16_MAX = float(np.finfo(np.float16).max)
 INDEX_REQUIRED = ("version", "shards", "num_samples", "shapes", "dtypes", "bins")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Shards or an index that cannot be used; the message names the file and the problem."""
 
 

@@ -19,18 +19,20 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from resdepth.utils.errors import UserError
+
 
 def _axis(size: int, patch: int, overlap: int, boundary: int) -> tuple[int, int, int]:
     """(patches along the axis, stride, padding after the image) for one image axis."""
     if not 0 <= overlap < patch:
-        raise ValueError(f"overlap_pix={overlap} must be in [0, patch size {patch})")
+        raise UserError(f"overlap_pix={overlap} must be in [0, patch size {patch})")
     if boundary < 0:
-        raise ValueError(f"boundary_pix={boundary} must be >= 0")
+        raise UserError(f"boundary_pix={boundary} must be >= 0")
     stride = patch - overlap
     n = max(1, math.ceil((size + 2 * boundary - patch) / stride) + 1)
     after = (n - 1) * stride + patch - size - boundary
     if max(boundary, after) >= size and max(boundary, after) > 0:
-        raise ValueError(f"reflect padding of {max(boundary, after)} pixels needs an image axis "
+        raise UserError(f"reflect padding of {max(boundary, after)} pixels needs an image axis "
                          f"longer than that (got {size}); use smaller patches or boundary_pix")
     return n, stride, after
 
@@ -92,7 +94,7 @@ def random_patch_index(batch_size: int, img_shape: Sequence[int], patch_shape: S
     """``global_index [batch_size * patch_num, 2, h, w]`` of uniformly placed patches inside the image."""
     (h, w), (ph, pw) = img_shape, patch_shape
     if ph > h or pw > w:
-        raise ValueError(f"patch {list(patch_shape)} larger than the image {list(img_shape)}")
+        raise UserError(f"patch {list(patch_shape)} larger than the image {list(img_shape)}")
     k = batch_size * patch_num
     top = torch.randint(0, h - ph + 1, (k,), generator=generator, device=device)
     left = torch.randint(0, w - pw + 1, (k,), generator=generator, device=device)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from resdepth.diffusion.patching import GridPatching
+from resdepth.utils.errors import UserError
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,7 +27,7 @@ def edm_sigma_steps(num_steps: int, sigma_min: float = 0.002, sigma_max: float =
                     rho: float = 7.0, device: Optional[torch.device] = None) -> torch.Tensor:
     """EDM noise levels ``t_0 = sigma_max > ... > t_{N-1} = sigma_min``, then ``t_N = 0`` (float64)."""
     if sigma_max is None:
-        raise ValueError("sigma_max is unset: take it from the diffusion export (its 'sigma_max', "
+        raise UserError("sigma_max is unset: take it from the diffusion export (its 'sigma_max', "
                          "20 x the measured residual std) or pass a value")
     i = torch.arange(num_steps, dtype=torch.float64, device=device)
     if num_steps == 1:

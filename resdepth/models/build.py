@@ -15,6 +15,7 @@ from resdepth.models.padding import unet_resolution
 from resdepth.models.precond import (EDMResidualNet, RegressionNet, regression_in_channels,
                                      residual_in_channels)
 from resdepth.models.song_unet import SongUNet, SongUNetPosEmbd
+from resdepth.utils.errors import UserError
 
 ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
              "dropout", "embedding_type", "encoder_type", "decoder_type", "resample_filter",
@@ -22,7 +23,7 @@ ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
 POS_EMBD_KEYS = ("gridtype", "N_grid_channels")
 
 
-class ArchitectureMismatch(ValueError):
+class ArchitectureMismatch(UserError, ValueError):
     """Weights that were trained as another network than the one configured."""
 
 
@@ -66,7 +67,7 @@ def check_attention(cfg: ModelConfig, frame: list[int], resolution: list[int]) -
     unknown = [r for r in cfg.attn_resolutions if r not in heights]
     if unknown:
         levels = ", ".join(f"{h}x{w}" for h, w in shapes)
-        raise ValueError(f"model.attn_resolutions {unknown} match no level of the U-Net for "
+        raise UserError(f"model.attn_resolutions {unknown} match no level of the U-Net for "
                          f"{frame[0]}x{frame[1]} frames (padded to {resolution[0]}x{resolution[1]}; "
                          f"levels {levels}): a level matches its feature-map height, choose from "
                          f"{heights} or []")

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from resdepth.utils.errors import UserError
+
 GRID_TYPES = ("sinusoidal", "sinusoidal_octave", "learnable", "linear", "test")
 
 
@@ -41,7 +43,7 @@ def positional_grid(gridtype: str, channels: int, height: int, width: int) -> Op
         _need(channels == 2, "gridtype 'test' needs N_grid_channels == 2")
         cols, rows = _axes(torch.arange(width), torch.arange(height))
         return torch.stack([rows, cols]).float()
-    raise ValueError(f"gridtype {gridtype!r} not supported; choose from {list(GRID_TYPES)}")
+    raise UserError(f"gridtype {gridtype!r} not supported; choose from {list(GRID_TYPES)}")
 
 
 def sinusoidal_grid(num_freq: int, height: int, width: int, octave: bool = False) -> torch.Tensor:
@@ -65,4 +67,4 @@ def _axes(cols: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def _need(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise UserError(msg)

@@ -21,6 +21,7 @@ import torch
 
 from resdepth.models.layers import PositionalEmbedding
 from resdepth.models.song_unet import SongUNet, SongUNetPosEmbd
+from resdepth.utils.errors import UserError
 
 UNET_CLASSES = {"SongUNet": SongUNet, "SongUNetPosEmbd": SongUNetPosEmbd}
 WRAPPERS = ("EDMPrecondSuperResolution", "EDMPrecondSR", "UNet", "CorrDiffRegressionUNet")
@@ -31,7 +32,7 @@ WRAPPER_ONLY_ARGS = ("img_in_channels", "img_out_channels", "use_fp16", "model_t
 LEGACY_ATTENTION_KEYS = {"norm2.": "attn.norm.", "qkv.": "attn.qkv.", "proj.": "attn.proj."}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError, ValueError):
     """A checkpoint whose tensors do not fit the network its arguments describe."""
 
 
@@ -64,13 +65,13 @@ def unet_arguments(args: dict[str, Any], source: str) -> tuple[str, dict[str, An
     if name in WRAPPERS or "model_type" in kwargs:
         inner = kwargs.get("model_type", "SongUNetPosEmbd")
         if inner not in UNET_CLASSES:
-            raise ValueError(f"{source}: wraps a {inner}; only {list(UNET_CLASSES)} can be imported")
+            raise UserError(f"{source}: wraps a {inner}; only {list(UNET_CLASSES)} can be imported")
         unet = {k: v for k, v in kwargs.items() if k not in WRAPPER_ONLY_ARGS}
         unet.update(in_channels=kwargs["img_in_channels"] + kwargs["img_out_channels"],
                     out_channels=kwargs["img_out_channels"])
         unet.update(unet.pop("model_kwargs", {}) or {})
         return inner, unet, "model."
-    raise ValueError(f"{source}: holds a {name!r}; only {list(UNET_CLASSES)} (possibly inside "
+    raise UserError(f"{source}: holds a {name!r}; only {list(UNET_CLASSES)} (possibly inside "
                      f"{list(WRAPPERS)}) can be imported")
 
 
@@ -120,7 +121,7 @@ def _read_mdlus_zip(path: Path, map_location: Any) -> tuple[dict, dict]:
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         if "model.pt" not in names:
-            raise ValueError(f"{path}: no model.pt in the archive (found {sorted(names)})")
+            raise UserError(f"{path}: no model.pt in the archive (found {sorted(names)})")
         args = json.loads(z.read("args.json"))
         blob = z.read("model.pt")
     return args, _load_tensors(io.BytesIO(blob), map_location, path)
@@ -131,7 +132,7 @@ def _read_mdlus_tar(path: Path, map_location: Any) -> tuple[dict, dict]:
         members = {m.name.lstrip("./"): m for m in t.getmembers() if m.isfile()}
         for need in ("args.json", "model.pt"):
             if need not in members:
-                raise ValueError(f"{path}: no {need} in the archive (found {sorted(members)})")
+                raise UserError(f"{path}: no {need} in the archive (found {sorted(members)})")
         args = json.loads(t.extractfile(members["args.json"]).read())
         blob = t.extractfile(members["model.pt"]).read()
     return args, _load_tensors(io.BytesIO(blob), map_location, path)
@@ -140,7 +141,7 @@ def _read_mdlus_tar(path: Path, map_location: Any) -> tuple[dict, dict]:
 def _read_plain(path: Path, map_location: Any) -> tuple[dict, dict]:
     obj = _load_tensors(path, map_location, path, want_dict=False)
     if not (isinstance(obj, dict) and "state_dict" in obj and "args" in obj):
-        raise ValueError(f"{path}: a plain checkpoint must hold {{'state_dict': ..., 'args': ...}} "
+        raise UserError(f"{path}: a plain checkpoint must hold {{'state_dict': ..., 'args': ...}} "
                          "(or be a PhysicsNeMo .mdlus archive)")
     return obj["args"], obj["state_dict"]
 
@@ -149,7 +150,7 @@ def _load_tensors(src: Any, map_location: Any, path: Path, want_dict: bool = Tru
     try:
         obj = torch.load(src, map_location=map_location, weights_only=True)
     except Exception as e:  # weights_only refuses pickled code objects: say so, do not retry
-        raise ValueError(f"{path}: not loadable with weights_only=True ({e})") from e
+        raise UserError(f"{path}: not loadable with weights_only=True ({e})") from e
     if want_dict and not isinstance(obj, dict):
-        raise ValueError(f"{path}: model.pt holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"{path}: model.pt holds a {type(obj).__name__}, not a state dict")
     return obj

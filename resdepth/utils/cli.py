@@ -6,16 +6,15 @@ import logging
 import sys
 from typing import Any, Callable, NoReturn
 
+from resdepth.utils.errors import UserError
+from resdepth.utils.logging import setup_logging
+
 
 def user_errors(*extra: type[BaseException]) -> tuple[type[BaseException], ...]:
-    """Exceptions whose message says what is wrong and what to do (bad config, data, weights...)."""
-    from resdepth.config import ConfigError
-    from resdepth.data.format import DataError
-    from resdepth.dist import DistEnvError
-    from resdepth.models.build import ArchitectureMismatch
-
-    return (ConfigError, DataError, DistEnvError, ArchitectureMismatch, FileNotFoundError,
-            ValueError, *extra)
+    """Exceptions whose message is written for people: ``UserError`` (bad config, data, weights,
+    environment), a missing file, and ``extra``. A ``ValueError`` from elsewhere is a bug and keeps
+    its traceback."""
+    return (UserError, FileNotFoundError, *extra)
 
 
 def run_reporting_errors(prog: str, fn: Callable[[], int],
@@ -38,14 +37,10 @@ def work_list_cli(prog: str, argv: list[str], parse_args: Callable[[list[str]], 
     """The command line of a work-list tool (evaluation, prediction): ``PROG [flags]`` exits with
     ``main(cfg)``; ``PROG merge DIR`` prints what ``merge(DIR)`` returns once every unit is done.
     A bad flag exits 2, an error from ``errors`` 1, each as one line."""
-    from resdepth.config.core import ConfigError
-
     if argv[:1] == ["merge"]:
         p = argparse.ArgumentParser(prog=f"{prog} merge", description=merge_help)
         p.add_argument("dir", help=dir_help)
         args = p.parse_args(argv[1:])
-        from resdepth.utils.logging import setup_logging
-
         setup_logging(None, 0)
 
         def merge_and_report() -> int:
@@ -55,7 +50,7 @@ def work_list_cli(prog: str, argv: list[str], parse_args: Callable[[list[str]], 
         sys.exit(run_reporting_errors(f"{prog} merge", merge_and_report, errors))
     try:
         cfg = parse_args(argv)
-    except ConfigError as e:
+    except UserError as e:  # a config that cannot be used: like a bad flag
         print(f"{prog}: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(run_reporting_errors(prog, lambda: main(cfg), errors))
