@@ -27,7 +27,7 @@ from resdepth.utils.errors import UserError
 CONFIG_DIR_ENV = "RESDEPTH_CONFIG_DIR"
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError):
     """A config that cannot be used; the message lists every problem found."""
 
 

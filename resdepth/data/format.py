@@ -66,7 +66,7 @@ F16_MAX = float(np.finfo(np.float16).max)
 INDEX_REQUIRED = ("version", "shards", "num_samples", "shapes", "dtypes", "bins")
 
 
-class DataError(UserError, ValueError):
+class DataError(UserError):
     """Shards or an index that cannot be used; the message names the file and the problem."""
 
 

@@ -176,34 +176,17 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
         mean = regression_net(cond).to(torch.float32)
     else:
         mean = torch.zeros(n, _img_channels(residual_net), h, w, device=cond.device)
-    img_channels = mean.shape[1]
     if residual_net is None:
         draws = [mean] * members
     else:
         if sampler not in ("stochastic", "deterministic"):
             raise ValueError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
         net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if hr_mean_conditioning else cond
-        # Rows (member m, image i) in member-major order, sampled max_rows at a time: each row
-        # draws from its own generator, so the result does not depend on how rows are batched.
-        rows = [(m, i) for m in range(members) for i in range(n)]
-        step = max_rows if max_rows and max_rows > 0 else len(rows)
-        res_rows = []
-        for r0 in range(0, len(rows), step):
-            chunk = rows[r0:r0 + step]
-            idx = torch.tensor([i for _, i in chunk], device=cond.device)
-            rng = StackedRandomGenerator([sample_seed(seed, keys[i], m) for m, i in chunk],
-                                         cond.device)
-            latents = rng.randn([len(chunk), img_channels, h, w], device=cond.device)
-            common = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                          patching=patch, global_cond=cond[idx] if patch is not None else None)
-            if sampler == "stochastic":
-                res = stochastic_sampler(residual_net, latents, net_cond[idx],
-                                         randn_like=rng.randn_like, S_churn=S_churn, S_min=S_min,
-                                         S_max=S_max, S_noise=S_noise, **common)
-            else:
-                res = deterministic_sampler(residual_net, latents, net_cond[idx], **common)
-            res_rows.append(res)
-        res = torch.cat(res_rows).reshape(members, n, img_channels, h, w)
+        settings = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+        if sampler == "stochastic":
+            settings.update(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+        res = _sample_residuals(residual_net, cond, net_cond, keys, seed, members, mean.shape[1],
+                                sampler, patch, max_rows, settings)
         draws = [mean + res[m] for m in range(members)]
     stacked = torch.stack(draws, dim=1)
     out = {"regression": mean, "mean": ensemble_mean(stacked),
@@ -211,3 +194,29 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
     if return_members:
         out["members"] = stacked
     return out
+
+
+def _sample_residuals(residual_net: nn.Module, cond: torch.Tensor, net_cond: torch.Tensor,
+                      keys: Sequence[str], seed: int, members: int, img_channels: int,
+                      sampler: str, patch: Optional[GridPatching], max_rows: Optional[int],
+                      settings: dict) -> torch.Tensor:
+    """``[members, N, C, H, W]`` sampled residuals. Rows (member m, image i) in member-major order
+    are sampled ``max_rows`` at a time; each row draws from its own generator, so the result does
+    not depend on how rows are batched."""
+    n, _, h, w = cond.shape
+    rows = [(m, i) for m in range(members) for i in range(n)]
+    step = max_rows if max_rows and max_rows > 0 else len(rows)
+    res_rows = []
+    for r0 in range(0, len(rows), step):
+        chunk = rows[r0:r0 + step]
+        idx = torch.tensor([i for _, i in chunk], device=cond.device)
+        rng = StackedRandomGenerator([sample_seed(seed, keys[i], m) for m, i in chunk], cond.device)
+        latents = rng.randn([len(chunk), img_channels, h, w], device=cond.device)
+        common = dict(settings, patching=patch, global_cond=cond[idx] if patch is not None else None)
+        if sampler == "stochastic":
+            res = stochastic_sampler(residual_net, latents, net_cond[idx], randn_like=rng.randn_like,
+                                     **common)
+        else:
+            res = deterministic_sampler(residual_net, latents, net_cond[idx], **common)
+        res_rows.append(res)
+    return torch.cat(res_rows).reshape(members, n, img_channels, h, w)

@@ -23,7 +23,7 @@ ARCH_KEYS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
 POS_EMBD_KEYS = ("gridtype", "N_grid_channels")
 
 
-class ArchitectureMismatch(UserError, ValueError):
+class ArchitectureMismatch(UserError):
     """Weights that were trained as another network than the one configured."""
 
 

@@ -32,7 +32,7 @@ WRAPPER_ONLY_ARGS = ("img_in_channels", "img_out_channels", "use_fp16", "model_t
 LEGACY_ATTENTION_KEYS = {"norm2.": "attn.norm.", "qkv.": "attn.qkv.", "proj.": "attn.proj."}
 
 
-class CheckpointMismatch(UserError, ValueError):
+class CheckpointMismatch(UserError):
     """A checkpoint whose tensors do not fit the network its arguments describe."""
 
 

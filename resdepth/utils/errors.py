@@ -5,5 +5,8 @@ exception is a bug in resdepth or below it and keeps its whole traceback.
 """
 
 
-class UserError(Exception):
-    """What the user gave cannot be used; the message says what is wrong and what to do."""
+class UserError(ValueError):
+    """What the user gave cannot be used; the message says what is wrong and what to do.
+
+    A ``ValueError`` (a bad value, from the user's point of view), but commands print only this
+    type as one line: a ``ValueError`` raised by anything else stays a bug with a traceback."""

@@ -87,10 +87,14 @@ def _nets(cond_channels=2, hr_mean=False):
 
 @pytest.mark.parametrize("unet", ["point", "conv"])
 def test_a_sample_does_not_depend_on_its_batch(unet):
-    if unet == "point":  # pointwise arithmetic: bit-identical whatever the batch
-        reg, res, tol = RegressionNet(PointUNet(3)), EDMResidualNet(PointUNet(4, seed=1)), 0.0
-    else:  # CPU convolutions may pick batch-size dependent kernels: rounding differs only
-        (reg, res), tol = _nets(hr_mean=True), 1e-5
+    # Rounding only may differ with the batch: convolutions pick batch-size dependent kernels, and
+    # elementwise kernels round their vectorised body and scalar tail differently (3e-6 measured on
+    # an AVX-512 CPU); a row drawing another row's noise differs by the noise itself.
+    if unet == "point":
+        reg, res = RegressionNet(PointUNet(3)), EDMResidualNet(PointUNet(4, seed=1))
+    else:
+        reg, res = _nets(hr_mean=True)
+    tol = 1e-5
     cond = torch.randn(7, 2, 12, 10, generator=torch.Generator().manual_seed(0))
     keys = [f"seq/{i:06d}" for i in range(7)]
     kw = dict(seed=3, members=2, num_steps=5, S_churn=10.0, hr_mean_conditioning=True,
