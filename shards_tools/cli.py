@@ -329,7 +329,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         code = args.fn(args)
     except (DataError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}")
+        err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}", soft_wrap=True)
         code = 1
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rerun with --resume to keep the complete shards")

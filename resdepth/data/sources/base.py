@@ -23,7 +23,8 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -42,11 +43,50 @@ def safe_key(text: str) -> str:
 
 
 def open_h5(path: Any) -> Any:
-    """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered."""
+    """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered;
+    a damaged or truncated file is a ``DataError`` naming it."""
     import h5py
     import hdf5plugin  # noqa: F401 - registers Blosc and the other filters on import
 
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        if not Path(path).exists():
+            raise
+        raise fmt.DataError(f"{path}: not a readable HDF5 file, damaged or cut short ({e})") from e
+
+
+def check_times(where: str, t: np.ndarray, row0: int = 0, before: float = -np.inf) -> None:
+    """Refuse event times that are not finite or go backwards: ``t`` are the times of rows
+    ``row0, row0 + 1, ...`` and ``before`` the time of row ``row0 - 1`` (a chunk's check joins
+    the previous chunk's). Readers look events up by binary search over time, which silently
+    returns wrong windows when times are out of order."""
+    bad = ~np.isfinite(t)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise fmt.DataError(f"{where}: event time at row {row0 + i} is {t[i]} (not a finite number)")
+    back = np.diff(t, prepend=before) < 0
+    if back.any():
+        i = int(np.argmax(back))
+        prev = float(t[i - 1]) if i else float(before)
+        raise fmt.DataError(f"{where}: event times are not ascending: row {row0 + i} at "
+                            f"{float(t[i]):.6f} s comes after row {row0 + i - 1} at {prev:.6f} s")
+
+
+def checked_times(where: str, times: Callable[[int, int], np.ndarray], n: int,
+                  chunk: int = 1 << 22) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, times)`` of each chunk of ``chunk`` rows, every one checked by
+    ``check_times``: one pass in bounded memory however long the recording."""
+    before = -np.inf
+    for a in range(0, n, chunk):
+        try:
+            t = np.asarray(times(a, min(n, a + chunk)), dtype=np.float64)
+        except OSError as e:  # a damaged HDF5 chunk
+            raise fmt.DataError(f"{where}: event times of rows {a} to {min(n, a + chunk)} "
+                                f"unreadable, the file is damaged or cut short ({e})") from e
+        check_times(where, t, a, before)
+        before = float(t[-1])
+        yield a, t
 
 
 class Events(NamedTuple):
@@ -165,8 +205,7 @@ class InMemoryEvents(EventStream):
 
     def _hold(self, where: str, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
         t = np.asarray(t, dtype=np.float64)
-        if np.any(np.diff(t) < 0):
-            raise fmt.DataError(f"{where}: event times are not ascending")
+        check_times(where, t)
         self.x, self.y, self.t, self.p = x, y, t, p
 
     def __len__(self) -> int:

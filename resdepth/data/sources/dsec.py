@@ -19,13 +19,17 @@ Depth from disparity with OpenCV's reprojection matrix Q (``reprojectImageTo3D``
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream, MsIndexMixin, open_h5
+from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin, checked_times,
+                                        open_h5)
+
+log = logging.getLogger("resdepth")
 
 SENSOR_HW = (480, 640)
 
@@ -70,6 +74,9 @@ class DsecEvents(MsIndexMixin, EventStream):
             self.n = int(f["events/t"].shape[0])
             self.t_offset_us = int(f["t_offset"][()])
             self.ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64)
+            t = f["events/t"]
+            for _ in checked_times(self.path, lambda a, b: t[a:b] * 1e-6, self.n):
+                pass  # ms_to_idx and the searches within it assume ascending times
         self.t_origin = 0.0
 
     def _file(self) -> Any:
