@@ -177,13 +177,22 @@ def open_events(src: str | Path, sequence: Optional[str] = None, camera: str = "
     if src.is_file():
         src = src.parent
     if (src / "events.h5").exists():
-        folder, name = src, sequence or src.parent.parent.name
+        folder, name = src, sequence or sequence_of(src)
     else:
         d = sequence_dir(src, sequence)
         folder, name = d / "events" / camera, d.name
     if rectify == "auto":
         rectify = (folder / "rectify_map.h5").exists()
+        if not rectify:
+            log.warning("%s: no rectify_map.h5 beside it; events NOT rectified", folder / "events.h5")
     return DsecEvents(folder, name, bool(rectify), height, width)
+
+
+def sequence_of(folder: Path) -> str:
+    """The sequence a folder holding ``events.h5`` belongs to: ``<seq>`` of ``<seq>/events/<camera>``
+    as DSEC ships it, else the folder's own name (``.`` and relative paths resolved first)."""
+    folder = folder.resolve()
+    return folder.parent.parent.name if folder.parent.name == "events" else folder.name
 
 
 def open_depth(src: str | Path, sequence: Optional[str] = None, camera: str = "left") -> DsecDepth:

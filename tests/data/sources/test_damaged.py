@@ -81,6 +81,22 @@ def test_npz_with_a_nan_time_is_refused(tmp_path):
         open_events("npz", str(tmp_path / "inf.npz"))
 
 
+def test_dsec_events_file_alone_warns_and_names_its_sequence(tmp_path, monkeypatch, caplog):
+    src = tmp_path / "train"
+    write_dsec(src, "zurich_city_00_a", frames=2, events_per_frame=500)
+    left = src / "zurich_city_00_a" / "events" / "left"
+    (left / "rectify_map.h5").unlink()
+    monkeypatch.chdir(left)
+    with caplog.at_level(logging.WARNING, logger="resdepth"):
+        stream = open_events("dsec", "events.h5", rectify="auto")  # given as a bare file name
+    assert stream.sequence == "zurich_city_00_a" and stream.rectify_map is None
+    assert "events.h5: no rectify_map.h5 beside it; events NOT rectified" in caplog.text
+    flat = tmp_path / "my_drive"
+    flat.mkdir()
+    shutil.copy(left / "events.h5", flat)
+    assert open_events("dsec", str(flat / "events.h5"), rectify="auto").sequence == "my_drive"
+
+
 def test_damaged_files_are_one_line(capsys, tmp_path):
     root = tmp_path / "mvsec"
     write_mvsec(root, "outdoor_day1", frames=3, events_per_frame=500)
