@@ -315,7 +315,12 @@ class LabelledSource:
         n = len(depth)
         lo = lo + n if lo is not None and lo < 0 else lo  # negative counts from the end
         hi = hi + n if hi is not None and hi < 0 else hi
-        self.frames = [i for i in self._frames() if (lo is None or i >= lo) and (hi is None or i < hi)]
+        self.selected = range(max(lo or 0, 0), min(n if hi is None else hi, n))
+        self.frames = [i for i in self._frames() if i in self.selected]
+        dropped = len(self.selected) - len(self.frames)
+        if self.frames and dropped and self.window.mode != "depth":
+            log.warning("sequence %s: %d of %d depth frames dropped: %s", events.sequence, dropped,
+                        len(self.selected), self._window_problem("their"))
 
     def _frames(self) -> list[int]:
         ts = np.asarray(self.depth.timestamps, dtype=np.float64)
@@ -331,6 +336,34 @@ class LabelledSource:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def _window_problem(self, which: str) -> str:
+        """Why ``which`` frames' ``--window-ms`` or ``--events-per-sample`` windows are refused."""
+        if self.window.mode == "ms":
+            return (f"{which} {self.window.ms:g} ms window starts before the recording's first "
+                    f"event at {self.events.t_start:.6f} s")
+        return (f"too few events: fewer than {self.window.count} before {which} timestamp (the "
+                f"recording holds {len(self.events)} events)")
+
+    def why_empty(self) -> str:
+        """Why this sequence gives no sample: the frame range, the events or the windows."""
+        name, n = f"sequence {self.events.sequence}", len(self.depth)
+        lo, hi = ("" if v is None else v for v in self.frame_range)
+        if n == 0:
+            return f"{name}: no depth frames"
+        if not self.selected:
+            if self.frame_range[0] is not None and self.selected.start >= n:
+                return (f"{name}: --frames {lo}:{hi} starts past the last depth frame (the "
+                        f"sequence has {n} depth frames, 0 to {n - 1})")
+            return f"{name}: --frames {lo}:{hi} is an empty range (the sequence has {n} depth frames)"
+        if len(self.events) == 0:
+            return f"{name}: the recording has no events"
+        if self.window.mode != "depth":
+            return f"{name}: " + self._window_problem("every depth frame's")
+        ts = self.depth.timestamps
+        return (f"{name}: no depth frame has events in its window (events from "
+                f"{self.events.t_start:.6f} s to {self.events.t_end:.6f} s, depth frames from "
+                f"{float(ts[0]):.6f} s to {float(ts[-1]):.6f} s)")
 
     def window_of(self, i: int) -> tuple[float, float, Events]:
         """``(t0, t1, events)`` of depth frame ``i``."""
