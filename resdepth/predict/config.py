@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 from resdepth.config.core import ConfigError, opt
@@ -40,6 +41,8 @@ def validate(cfg: PredictConfig) -> None:
         errors.append("events: required (event recording file)")
     if not cfg.out:
         errors.append("out: required (output directory)")
+    elif Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        errors.append(f"out: {cfg.out} is a file; name an output directory")
     if (cfg.window_ms > 0) == (cfg.window_events > 0):
         errors.append("give exactly one of window_ms (> 0) and window_events (> 0)")
     if cfg.window_ms < 0 or cfg.window_events < 0 or cfg.max_windows < 0:

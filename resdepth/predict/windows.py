@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from resdepth.data.sources import EventStream, open_events, safe_key
+from resdepth.data.sources.base import open_h5
 from resdepth.data.voxel import apply_voxel_norm, events_to_voxel
 
 log = logging.getLogger("resdepth")
@@ -43,9 +44,7 @@ def detect_format(path: str | Path) -> str:
     if p.suffix.lower() in by_suffix:
         return by_suffix[p.suffix.lower()]
     if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
-        import h5py
-
-        with h5py.File(p, "r") as f:
+        with open_h5(p) as f:  # a damaged file: one line naming it
             groups = set(f.keys())
         for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
             if group in groups and fmt_name in FORMATS:

@@ -328,3 +328,31 @@ def test_rectify_map_file_moves_events(tmp_path):
     with pytest.raises(ValueError, match=r"\[H, W, 2\]"):
         open_recording(PredictConfig(events=str(tmp_path / "rec.npz"),
                                      rectify_map=str(tmp_path / "bad.npy")))
+
+
+def test_damaged_recordings_and_out_file_are_one_line(exports, tmp_path, capsys):
+    """A junk .hdf5, a DSEC events.h5 cut short, a cut-short .npz and --out naming a file: each one
+    line naming the file and what is wrong, no traceback."""
+    from resdepth.predict.__main__ import cli
+    from tests.data.sources import fakes
+
+    def fails(events, out, expect):
+        with pytest.raises(SystemExit) as e:
+            cli(predict_args(exports, events, out, "--window-ms", "50"))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "Traceback" not in err and expect in err, err
+
+    junk = tmp_path / "junk.hdf5"
+    junk.write_bytes(b"\x89HDF\r\n" + b"junk" * 500)
+    fails(junk, tmp_path / "o1", "junk.hdf5: not a readable HDF5 file, damaged or cut short")
+    fakes.write_dsec(tmp_path / "dsec", frames=2, events_per_frame=2000)
+    ev = next((tmp_path / "dsec").rglob("events.h5"))
+    ev.write_bytes(ev.read_bytes()[: ev.stat().st_size // 2])
+    fails(ev, tmp_path / "o2", "events.h5: not a readable HDF5 file, damaged or cut short")
+    np.savez(tmp_path / "rec.npz", **dict(zip("xytp", random_events(3000, seed=1))))
+    rec = tmp_path / "rec.npz"
+    rec.write_bytes(rec.read_bytes()[:4000])
+    fails(rec, tmp_path / "o3", "rec.npz: not a readable .npz file, damaged or cut short")
+    np.savez(tmp_path / "ok.npz", **dict(zip("xytp", random_events(3000, seed=1))))
+    (tmp_path / "taken").write_text("")
+    fails(tmp_path / "ok.npz", tmp_path / "taken", "taken is a file; name an output directory")
