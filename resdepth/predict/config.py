@@ -23,7 +23,7 @@ class PredictConfig(InferenceSettings):
     rectify: Literal["auto", "true", "false"] = opt("auto", "Rectify events with the recording's calibration maps: auto uses them when found.")
     rectify_map: Optional[str] = opt(None, "Rectification map file: .npy float [H, W, 2] or .h5 with 'rectify_map' (DSEC); raw (x, y) -> rectified (x, y).")
     splat: Optional[Literal["round", "bilinear"]] = opt(None, "Voxel splat of rectified coordinates (default: the one the export records, else round).")
-    depth_format: Literal["npy", "png"] = opt("npy", "Depth files: float32 .npy in metres, or 16-bit .png in millimetres (0 = no depth).")
+    depth_format: Literal["npy", "png"] = opt("npy", "Depth and std files: float32 .npy in metres, or uint16 .png holding metres x 256 (KITTI's encoding: 1/256 m steps up to 255.99 m; 0 = no depth).")
     previews: bool = opt(True, "Write a colour preview PNG per window (events, depth, ensemble std).")
     video: Literal["mp4", "gif", "none"] = opt("mp4", "Preview of the whole recording (mp4 through imageio-ffmpeg, else gif).")
     fps: float = opt(10.0, "Frames per second of the preview video.")

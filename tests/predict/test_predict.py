@@ -214,6 +214,8 @@ def test_npz_by_event_count_png_millimetres_odd_frame(exports, tmp_path):
 
     d = iio.imread(out / rows[0]["depth"])
     assert d.dtype == np.uint16 and d.shape == (h, w) and d.min() > 0
+    assert rows[0]["encoding"] == ("uint16 PNG: metres x 256 (1/256 m steps, up to 255.99 m), "
+                                   "0 = no depth")
     assert not list((out / "std").glob("*"))
     assert (out / "preview.gif").stat().st_size > 100
 
@@ -356,3 +358,25 @@ def test_damaged_recordings_and_out_file_are_one_line(exports, tmp_path, capsys)
     np.savez(tmp_path / "ok.npz", **dict(zip("xytp", random_events(3000, seed=1))))
     (tmp_path / "taken").write_text("")
     fails(tmp_path / "ok.npz", tmp_path / "taken", "taken is a file; name an output directory")
+
+
+def test_png_depth_holds_the_nets_whole_range(tmp_path, caplog):
+    """--depth-format png: KITTI's metres x 256 in uint16, so 80 m (and anything to 255.99 m) is
+    kept; 0 is no depth, a tiny positive depth is not; beyond 255.99 m is clipped with a warning."""
+    import imageio.v3 as iio
+
+    from resdepth.predict.__main__ import build_parser
+    from resdepth.predict.outputs import write_array
+
+    depth = np.array([[80.0, 65.535, 70.0, 255.99],
+                      [np.nan, -1.0, 1e-4, 300.0]], np.float32)
+    path = tmp_path / "d.png"
+    with caplog.at_level("WARNING", logger="resdepth"):
+        write_array(path, depth, "png")
+    raw = iio.imread(path)
+    assert raw.dtype == np.uint16
+    back = raw.astype(np.float64) / 256.0
+    np.testing.assert_allclose(back[0], depth[0], atol=1 / 512)  # 80 m stays 80 m
+    assert raw[1].tolist() == [0, 0, 1, 65535]
+    assert "1 pixels beyond 255.996 m written as 65535" in caplog.text
+    assert "metres x 256" in " ".join(build_parser().format_help().split())
