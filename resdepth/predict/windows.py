@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from resdepth.data.sources import EventStream, open_events, safe_key
-from resdepth.data.sources.base import open_h5
+from resdepth.data.sources.base import RectifyMapMissing, open_h5
 from resdepth.data.voxel import apply_voxel_norm, events_to_voxel
 
 log = logging.getLogger("resdepth")
@@ -81,7 +81,12 @@ def open_recording(cfg: Any) -> EventStream:
     rectify = {"auto": "auto", "true": True, "false": False}[cfg.rectify]
     if cfg.rectify_map:
         rectify = False  # the given map replaces the recording's own
-    stream = open_events(fmt_name, str(cfg.events), cfg.sequence, camera=cfg.camera, rectify=rectify)
+    try:
+        stream = open_events(fmt_name, str(cfg.events), cfg.sequence, camera=cfg.camera,
+                             rectify=rectify)
+    except RectifyMapMissing as e:
+        e.flag = "--rectify false"  # this command's form of the readers' --no-rectify
+        raise
     if cfg.rectify_map:
         m = load_rectify_map(cfg.rectify_map)
         if m.shape[:2] != (stream.height, stream.width):

@@ -380,3 +380,27 @@ def test_png_depth_holds_the_nets_whole_range(tmp_path, caplog):
     assert raw[1].tolist() == [0, 0, 1, 65535]
     assert "1 pixels beyond 255.996 m written as 65535" in caplog.text
     assert "metres x 256" in " ".join(build_parser().format_help().split())
+
+
+@pytest.mark.parametrize("dataset", ["mvsec", "dsec"])
+def test_missing_maps_hint_names_predicts_own_flag(dataset, tmp_path, capsys):
+    """--rectify true without the maps: the hint is predict's `--rectify false` (its parser has
+    no --no-rectify); resdepth-shards pack keeps its own --no-rectify."""
+    from resdepth.predict.config import PredictConfig
+    from resdepth.predict.windows import open_recording
+    from shards_tools.cli import main as shards
+    from tests.data.sources import fakes
+
+    if dataset == "mvsec":
+        fakes.write_mvsec(tmp_path, "indoor_flying1", frames=2, events_per_frame=300, calib=False)
+        events, seq = tmp_path / "indoor_flying1_data.hdf5", "indoor_flying1"
+    else:
+        fakes.write_dsec(tmp_path, frames=2, events_per_frame=300)
+        events, seq = next(tmp_path.rglob("events.h5")), "zurich_city_00_a"
+        (events.parent / "rectify_map.h5").unlink()
+    with pytest.raises(ValueError) as e:
+        open_recording(PredictConfig(events=str(events), rectify="true"))
+    assert str(e.value).endswith("(pass --rectify false to use raw pixels)") and "--no-rectify" not in str(e.value)
+    assert shards(["pack", "--format", dataset, "--src", str(tmp_path), "--sequence", seq,
+                   "--out", str(tmp_path / "out")]) == 1
+    assert "(pass --no-rectify to use raw pixels)" in " ".join(capsys.readouterr().err.split())

@@ -42,6 +42,19 @@ def safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
+class RectifyMapMissing(fmt.DataError):
+    """Rectification was asked for and the recording's maps are not there. The message ends with
+    the flag that turns rectification off; each command sets ``flag`` to its own form."""
+    flag = "--no-rectify"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what} (pass {self.flag} to use raw pixels)"
+
+
 def open_h5(path: Any) -> Any:
     """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered;
     a damaged or truncated file is a ``DataError`` naming it."""

@@ -26,8 +26,8 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin, checked_times,
-                                        open_h5)
+from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin,
+                                        RectifyMapMissing, checked_times, open_h5)
 
 log = logging.getLogger("resdepth")
 
@@ -60,7 +60,7 @@ class DsecEvents(MsIndexMixin, EventStream):
         if rectify:
             rect = folder / "rectify_map.h5"
             if not rect.exists():
-                raise fmt.DataError(f"{rect}: missing (pass --no-rectify to use raw pixels)")
+                raise RectifyMapMissing(f"{rect}: missing")
             with open_h5(rect) as f:
                 if "rectify_map" not in f:
                     raise fmt.DataError(f"{rect}: no dataset rectify_map")

@@ -22,8 +22,8 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin, check_times,
-                                        checked_times, open_h5)
+from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin,
+                                        RectifyMapMissing, check_times, checked_times, open_h5)
 
 log = logging.getLogger("resdepth")
 
@@ -110,10 +110,10 @@ class MvsecEvents(MsIndexMixin, EventStream):
                 log.warning("%s: no %s_calib/%s_%s_{x,y}_map.txt found; events NOT rectified",
                             path, scene_of(sequence), scene_of(sequence), camera)
             else:
-                raise fmt.DataError(
+                raise RectifyMapMissing(
                     f"{sequence}: calibration maps {scene_of(sequence)}_calib/"
                     f"{scene_of(sequence)}_{camera}_{{x,y}}_map.txt not found next to {path} or "
-                    "in its parent folder (pass --no-rectify to use raw pixels)")
+                    "in its parent folder")
         hw = self.rectify_map.shape[:2] if self.rectify_map is not None else SENSOR_HW
         self.height, self.width = int(height or hw[0]), int(width or hw[1])
         with self._open() as f:
