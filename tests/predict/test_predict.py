@@ -404,3 +404,37 @@ def test_missing_maps_hint_names_predicts_own_flag(dataset, tmp_path, capsys):
     assert shards(["pack", "--format", dataset, "--src", str(tmp_path), "--sequence", seq,
                    "--out", str(tmp_path / "out")]) == 1
     assert "(pass --no-rectify to use raw pixels)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_ctrl_c_keeps_finished_units_in_one_line(exports, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second unit: one line saying the finished units are kept, exit 130; the
+    rerun completes the rest, identical to an uninterrupted run."""
+    from resdepth.predict import run as predict_run
+    from resdepth.predict.__main__ import cli
+
+    np.savez(tmp_path / "rec.npz", **dict(zip("xytp", random_events(3000, seed=2))), height=H, width=W)
+    args = lambda out: predict_args(exports, tmp_path / "rec.npz", out, "--window-ms", str(DUR_MS),
+                                    "--no-previews", "--video", "none", diffusion=False)
+    real, calls = predict_run.predict_unit, []
+
+    def interrupted(ctx, unit, progress):
+        calls.append(unit.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(ctx, unit, progress)
+
+    monkeypatch.setattr(predict_run, "predict_unit", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli(args(tmp_path / "o"))
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "Traceback" not in err
+    assert (f"resdepth-predict: interrupted; the finished units in {tmp_path / 'o'} are kept, and "
+            "rerunning the same command completes the rest (the same files)") in err
+    assert len(list((tmp_path / "o" / "parts").glob("*.json"))) == 1
+    monkeypatch.undo()
+    for out in ("o", "ref"):
+        with pytest.raises(SystemExit) as e:
+            cli(args(tmp_path / out))
+        assert e.value.code == 0
+    assert tree(tmp_path / "o", ("depth",)) == tree(tmp_path / "ref", ("depth",))
+    assert frames(tmp_path / "o") == frames(tmp_path / "ref")
