@@ -183,7 +183,8 @@ def test_resume_redoes_only_missing_units(one_process, exports, mvsec, tmp_path)
     other_files = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
                                                               str(DUR_MS), "--depth-format", "png"),
                              check=False)
-    assert other_files.returncode != 0 and "holds parts of another" in other_files.stderr
+    assert other_files.returncode != 0 and "holds parts of another prediction" in other_files.stderr
+    assert "evaluation" not in other_files.stderr and "max_samples" not in other_files.stderr
     assert not list((out / "depth").glob("*.png"))
     proc = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
                                                        str(DUR_MS)))
