@@ -356,6 +356,16 @@ def test_damaged_recordings_and_out_file_are_one_line(exports, tmp_path, capsys)
     rec = tmp_path / "rec.npz"
     rec.write_bytes(rec.read_bytes()[:4000])
     fails(rec, tmp_path / "o3", "rec.npz: not a readable .npz file, damaged or cut short")
+    x, y, t, p = random_events(3000, seed=1)
+    back = t.copy()
+    back[1000:1050] -= 0.2  # 50 events moved back by 0.2 s
+    mv = write_mvsec_events(tmp_path / "mvsec", "outdoor_day1", x, y, back, p)
+    fails(mv, tmp_path / "o4", f"outdoor_day1_data.hdf5: event times are not ascending: row 1000 at "
+                               f"{back[1000]:.6f} s comes after row 999 at {back[999]:.6f} s")
+    nan = t.copy()
+    nan[7] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=y, t=nan, p=p)
+    fails(tmp_path / "nan.npz", tmp_path / "o5", "nan.npz: event time at row 7 is nan")
     np.savez(tmp_path / "ok.npz", **dict(zip("xytp", random_events(3000, seed=1))))
     (tmp_path / "taken").write_text("")
     fails(tmp_path / "ok.npz", tmp_path / "taken", "taken is a file; name an output directory")
