@@ -99,7 +99,8 @@ def print_table(ev: Path) -> dict:
         m = metrics.get(key)
         if m is None:
             continue
-        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "-" for k, _ in COLUMNS))
+        table.add_row(name, *(f"{math.nan if m[k] is None else m[k]:.3f}" if k in m else "-"
+                              for k, _ in COLUMNS))  # null in metrics.json: undefined
     console.print(table)
     return metrics
 

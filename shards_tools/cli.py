@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.table import Table
 
 FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
 
+log = logging.getLogger("resdepth")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -95,6 +97,10 @@ def _pack_source(a: argparse.Namespace) -> Any:
     if fmt_name == "npz" and (a.window_ms is not None or a.events_per_sample is not None):
         raise SystemExit("resdepth-shards pack: --window-ms/--events-per-sample need a recording "
                          "format (mvsec, dsec, ...), not per-sample .npz files")
+    twice = sorted({s for s in a.sequence or [] if a.sequence.count(s) > 1})
+    if twice:
+        raise ValueError(f"--sequence {', '.join(twice)} given more than once; name each sequence "
+                         "once")
     bins = a.bins if fmt_name in ("npz", "dense") else (a.bins or 5)
     return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,
                        rectify, a.height, a.width, _frame_range(a.frames))
@@ -127,18 +133,26 @@ def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
+    from resdepth.data.format import DataError
     from resdepth.data.writer import write_split
 
     source = _pack_source(a)
+    parts = getattr(source, "parts", [source])
+    empty = [p.why_empty() for p in parts if len(p) == 0 and hasattr(p, "why_empty")]
     if len(source) == 0:
-        raise SystemExit(f"resdepth-shards pack: {a.src}: no samples (no depth frame has events "
-                         "in its window)")
+        raise DataError("no samples: " + "; ".join(empty or [f"{a.src}: nothing to pack"]))
+    for why in empty:
+        log.warning("%s; the other sequences are packed", why.replace(": ", " gives no sample: ", 1))
     next(iter(source.samples(0, 1)))  # a size mismatch or unreadable file fails before writing
     per_shard = _per_shard_for(source, a)
     meta = {"command": "pack", "per_shard": per_shard, **source.describe()}
     with progress_bar(f"pack {Path(a.src).name}") as update:
         index = write_split(a.out, source, per_shard, meta, a.workers, a.resume, update)
     console.print(index_table(str(a.out), index))
+    if index["depth_stats"]["valid_fraction"] == 0:
+        log.warning("%s: no valid depth pixel in any of its %d samples (all NaN, inf or <= 0): the "
+                    "split can train or evaluate nothing; check the depth files", a.out,
+                    index["num_samples"])
     return 0
 
 
@@ -329,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         code = args.fn(args)
     except (DataError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}")
+        err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}", soft_wrap=True)
         code = 1
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rerun with --resume to keep the complete shards")

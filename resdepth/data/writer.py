@@ -36,16 +36,18 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
     try:
         with open(tmp, "wb") as f:
             writer = wds.TarWriter(f, encoder=False, mtime=0.0)
-            for key, events, depth, mask, meta in source.samples(start, stop):
-                check_frame_size(key, events, depth, meta)
-                where = str(meta.get("file") or meta.get("sequence") or "")
-                if key in keys:
-                    raise fmt.DataError(duplicate_key_message(key, f"{name} ({keys[key]})",
-                                                              f"{name} ({where})"))
-                keys[key] = where
-                shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta)
-                n += 1
-            writer.close()
+            try:
+                for key, events, depth, mask, meta in source.samples(start, stop):
+                    check_frame_size(key, events, depth, meta)
+                    where = str(meta.get("file") or meta.get("sequence") or "")
+                    if key in keys:
+                        raise fmt.DataError(duplicate_key_message(key, f"{name} ({keys[key]})",
+                                                                  f"{name} ({where})"))
+                    keys[key] = where
+                    shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta)
+                    n += 1
+            finally:  # also on an error: a tar stream left open writes to a closed file at exit
+                writer.close()
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -149,6 +151,9 @@ def refuse_other_params(out_dir: Path, old: dict, params: dict, what: str) -> No
 
 def prepare(out_dir: Path, params: dict, resume: bool) -> None:
     """Create the split directory, or check that a resumed run has the same parameters."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fmt.DataError(f"{out_dir}: a file, not a directory; --out names the split directory "
+                            "to write")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / PARTS).mkdir(exist_ok=True)
     pfile = out_dir / PARTS / "params.json"

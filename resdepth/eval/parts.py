@@ -75,17 +75,21 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def write_plan(out: Path, plan: dict) -> None:
-    """Record the work list; refuse an out dir holding parts of another evaluation."""
+EVAL_SETTINGS = ("other weights, data, baseline split, sampler settings, seed, unit_size, "
+                 "max_samples, or the device that drew the noise")
+
+
+def write_plan(out: Path, plan: dict, what: str = "evaluation",
+               settings: str = EVAL_SETTINGS) -> None:
+    """Record the work list; refuse an out dir holding parts of another ``what`` (evaluation or
+    prediction), listing the ``settings`` that make one."""
     path = Path(out) / PLAN
     if path.exists():
         old = read_json(path, ("hash",), "delete the output directory and rerun")
         if old.get("hash") != plan["hash"]:
             raise ValueError(
-                f"{out} holds parts of another evaluation (settings hash {old.get('hash')}, this one "
-                f"{plan['hash']}: other weights, data, baseline split, sampler settings, seed, "
-                "unit_size, max_samples, or the device that drew the noise); use a new --out "
-                "directory or delete the old one")
+                f"{out} holds parts of another {what} (settings hash {old.get('hash')}, this one "
+                f"{plan['hash']}: {settings}); use a new --out directory or delete the old one")
         if old == plan:
             return
     write_json_atomic(path, plan, default=str)

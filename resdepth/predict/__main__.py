@@ -39,7 +39,12 @@ def cli(argv: Optional[list[str]] = None) -> None:
     def main(cfg: PredictConfig) -> int:
         from resdepth.predict.run import main
 
-        return main(cfg)
+        try:
+            return main(cfg)
+        except KeyboardInterrupt:  # each unit's files are renamed into place, its part last
+            print(f"resdepth-predict: interrupted; the finished units in {cfg.out} are kept, and "
+                  "rerunning the same command completes the rest (the same files)", file=sys.stderr)
+            return 130
 
     def merge(out: str) -> str:
         from resdepth.predict.run import merge

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 from resdepth.config.core import ConfigError, opt
@@ -22,7 +23,7 @@ class PredictConfig(InferenceSettings):
     rectify: Literal["auto", "true", "false"] = opt("auto", "Rectify events with the recording's calibration maps: auto uses them when found.")
     rectify_map: Optional[str] = opt(None, "Rectification map file: .npy float [H, W, 2] or .h5 with 'rectify_map' (DSEC); raw (x, y) -> rectified (x, y).")
     splat: Optional[Literal["round", "bilinear"]] = opt(None, "Voxel splat of rectified coordinates (default: the one the export records, else round).")
-    depth_format: Literal["npy", "png"] = opt("npy", "Depth files: float32 .npy in metres, or 16-bit .png in millimetres (0 = no depth).")
+    depth_format: Literal["npy", "png"] = opt("npy", "Depth and std files: float32 .npy in metres, or uint16 .png holding metres x 256 (KITTI's encoding: 1/256 m steps up to 255.99 m; 0 = no depth).")
     previews: bool = opt(True, "Write a colour preview PNG per window (events, depth, ensemble std).")
     video: Literal["mp4", "gif", "none"] = opt("mp4", "Preview of the whole recording (mp4 through imageio-ffmpeg, else gif).")
     fps: float = opt(10.0, "Frames per second of the preview video.")
@@ -40,6 +41,8 @@ def validate(cfg: PredictConfig) -> None:
         errors.append("events: required (event recording file)")
     if not cfg.out:
         errors.append("out: required (output directory)")
+    elif Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        errors.append(f"out: {cfg.out} is a file; name an output directory")
     if (cfg.window_ms > 0) == (cfg.window_events > 0):
         errors.append("give exactly one of window_ms (> 0) and window_events (> 0)")
     if cfg.window_ms < 0 or cfg.window_events < 0 or cfg.max_windows < 0:

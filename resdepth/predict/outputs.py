@@ -20,7 +20,13 @@ from resdepth.utils.atomic import replacing
 
 log = logging.getLogger("resdepth")
 
-CSV_COLUMNS = ("index", "key", "t_start", "t_end", "num_events", "depth", "std", "preview")
+CSV_COLUMNS = ("index", "key", "t_start", "t_end", "num_events", "depth", "std", "preview",
+               "encoding")
+# KITTI's depth PNG: 16 bits hold 1/256 m steps to 255.99 m, the whole range the nets predict
+# (millimetres stopped at 65.535 m); 0 stays "no depth".
+PNG_SCALE = 256.0
+ENCODINGS = {"npy": "float32 metres",
+             "png": "uint16 PNG: metres x 256 (1/256 m steps, up to 255.99 m), 0 = no depth"}
 
 
 def depth_path(out: Path, key: str, fmt: str, kind: str = "depth") -> Path:
@@ -31,10 +37,17 @@ def preview_path(out: Path, key: str) -> Path:
     return Path(out) / "preview" / f"{key}.png"
 
 
-def to_millimetres(depth_m: np.ndarray) -> np.ndarray:
-    """Metres to uint16 millimetres (rounded, clipped to 65535; non-finite or <= 0 -> 0)."""
-    d = np.where(np.isfinite(depth_m) & (depth_m > 0), depth_m, 0.0)
-    return np.clip(np.rint(d * 1000.0), 0, 65535).astype(np.uint16)
+def to_png_depth(depth_m: np.ndarray, where: str = "") -> np.ndarray:
+    """Metres to uint16 ``round(metres x 256)`` (``PNG_SCALE``); non-finite or <= 0 -> 0 (no
+    depth); a positive depth never rounds to 0, and one beyond 255.99 m is written as 65535 with
+    a warning counting such pixels."""
+    ok = np.isfinite(depth_m) & (depth_m > 0)
+    q = np.rint(np.where(ok, depth_m, 0.0) * PNG_SCALE)
+    over = int((q > 65535).sum())
+    if over:
+        log.warning("%s: %d pixels beyond %.3f m written as 65535, the PNG's largest depth; "
+                    "--depth-format npy keeps every value", where, over, 65535 / PNG_SCALE)
+    return np.where(ok, np.clip(q, 1, 65535), 0).astype(np.uint16)
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -47,14 +60,14 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
 
 def write_array(path: Path, array: np.ndarray, fmt: str) -> None:
-    """``[H, W]`` metres as float32 ``.npy`` or 16-bit millimetre ``.png``."""
+    """``[H, W]`` metres as float32 ``.npy`` or 16-bit ``.png`` (``ENCODINGS``)."""
     from resdepth.eval.parts import save_npy_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         save_npy_atomic(path, np.ascontiguousarray(array, dtype=np.float32))
     else:
-        write_image(path, to_millimetres(array))
+        write_image(path, to_png_depth(array, str(path)))
 
 
 def preview_image(events: np.ndarray, depth: np.ndarray, std: Optional[np.ndarray],
@@ -75,7 +88,7 @@ def write_window(out: Path, window: Any, depth: np.ndarray, std: Optional[np.nda
                  previews: bool, depth_range: tuple[float, float]) -> dict:
     """One window's files; returns its ``frames.csv`` row."""
     row = {"index": window.index, "key": window.key, "t_start": window.t0, "t_end": window.t1,
-           "num_events": window.num_events}
+           "num_events": window.num_events, "encoding": ENCODINGS[fmt]}
     dp = depth_path(out, window.key, fmt)
     write_array(dp, depth, fmt)
     row["depth"] = str(dp.relative_to(out))

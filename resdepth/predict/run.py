@@ -94,7 +94,9 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
     plan = make_plan(cfg, nets, windows, units, device)
     if dist.is_main():
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
-        P.write_plan(out, plan)
+        P.write_plan(out, plan, "prediction", "other weights, recording, windows, max_windows, "
+                     "depth_format, previews, sampler settings, seed, unit_size, or the device that "
+                     "drew the noise")
     dist.barrier()
     frame = (windows.stream.height, windows.stream.width)  # the recording's, not the training's
     lo, hi = nets.norm.valid_range_m()

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from resdepth.data.sources import EventStream, open_events, safe_key
+from resdepth.data.sources.base import RectifyMapMissing, open_h5
 from resdepth.data.voxel import apply_voxel_norm, events_to_voxel
 
 log = logging.getLogger("resdepth")
@@ -43,9 +44,7 @@ def detect_format(path: str | Path) -> str:
     if p.suffix.lower() in by_suffix:
         return by_suffix[p.suffix.lower()]
     if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
-        import h5py
-
-        with h5py.File(p, "r") as f:
+        with open_h5(p) as f:  # a damaged file: one line naming it
             groups = set(f.keys())
         for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
             if group in groups and fmt_name in FORMATS:
@@ -82,7 +81,12 @@ def open_recording(cfg: Any) -> EventStream:
     rectify = {"auto": "auto", "true": True, "false": False}[cfg.rectify]
     if cfg.rectify_map:
         rectify = False  # the given map replaces the recording's own
-    stream = open_events(fmt_name, str(cfg.events), cfg.sequence, camera=cfg.camera, rectify=rectify)
+    try:
+        stream = open_events(fmt_name, str(cfg.events), cfg.sequence, camera=cfg.camera,
+                             rectify=rectify)
+    except RectifyMapMissing as e:
+        e.flag = "--rectify false"  # this command's form of the readers' --no-rectify
+        raise
     if cfg.rectify_map:
         m = load_rectify_map(cfg.rectify_map)
         if m.shape[:2] != (stream.height, stream.width):

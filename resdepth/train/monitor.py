@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from resdepth.utils.atomic import json_text
+
 log = logging.getLogger("resdepth")
 
 
@@ -68,7 +70,7 @@ class Monitor:
         if not self.enabled:
             return
         with open(self.stats_path, "a") as f:
-            f.write(json.dumps({"step": step, **values, "time": round(time.time(), 3)}) + "\n")
+            f.write(json_text({"step": step, **values, "time": round(time.time(), 3)}) + "\n")
 
     def images(self, step: int, panels: dict[str, np.ndarray]) -> None:
         """Named uint8 RGB ``[H,W,3]`` images to TensorBoard."""

@@ -7,6 +7,7 @@ a later run would read.
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +35,28 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, in dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: Optional[int] = None,
+              default: Optional[Callable[[Any], Any]] = None) -> str:
+    """``obj`` as strict JSON: NaN and infinities (a metric with no valid pixel, a step without a
+    gradient norm) are written as ``null``. Python's bare ``NaN`` is not JSON: strict parsers
+    (JavaScript's ``JSON.parse``, jq, most non-Python readers) reject the whole file."""
+    return json.dumps(_finite(obj), indent=indent, default=default, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2,
                       default: Optional[Callable[[Any], Any]] = None) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (``default`` as in ``json.dumps``)."""
+    """Write ``obj`` as strict JSON (``json_text``) to ``path`` atomically (``default`` as in
+    ``json.dumps``)."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, default=default) + "\n")
+        tmp.write_text(json_text(obj, indent=indent, default=default) + "\n")

@@ -151,3 +151,40 @@ def test_malformed_part_names_the_file(small, exports, tmp_path, text, message):
     with pytest.raises(ValueError) as e:
         merge(out)
     assert str(e.value).startswith(f"{part}: {message}")
+
+
+def _strict(text: str):
+    """Parse as a strict parser (JavaScript's JSON.parse) does: NaN and Infinity are errors."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_of_a_split_without_valid_pixel_are_strict_json(exports, tmp_path):
+    """No valid depth pixel: every ratio metric is undefined and written as null (strict JSON),
+    in metrics.json, the parts, and training's stats.jsonl (a step without a gradient norm)."""
+    from resdepth.train.monitor import Monitor
+
+    split = tmp_path / "data" / "test"
+    write_split(split, [3], seed=6)
+
+    def no_depth(raw):
+        d = fmt.npy_load(raw["depth.npy"])
+        raw["depth.npy"] = fmt.npy_bytes(np.zeros_like(d))
+        raw["mask.npy"] = fmt.npy_bytes(np.zeros_like(fmt.npy_load(raw["mask.npy"])))
+        return raw
+
+    rewrite_shard(split / "shard-000000.tar", no_depth)
+    out = tmp_path / "ev"
+    assert main(reg_only(exports, split, out)) == 0
+    m = _strict((out / "metrics.json").read_text())
+    assert m["num_valid_pixels"] == 0 and m["regression"]["abs_rel"] is None
+    parts = sorted((out / "parts").glob("*.json"))
+    assert parts
+    for part in parts:
+        _strict(part.read_text())
+    mon = Monitor(tmp_path / "run", 0, 10, enabled=True)
+    mon.stats(1, {"loss": 0.5, "grad_norm": float("nan")})
+    line = _strict((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
+    assert line["grad_norm"] is None and line["loss"] == 0.5

@@ -183,7 +183,8 @@ def test_resume_redoes_only_missing_units(one_process, exports, mvsec, tmp_path)
     other_files = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
                                                               str(DUR_MS), "--depth-format", "png"),
                              check=False)
-    assert other_files.returncode != 0 and "holds parts of another" in other_files.stderr
+    assert other_files.returncode != 0 and "holds parts of another prediction" in other_files.stderr
+    assert "evaluation" not in other_files.stderr and "max_samples" not in other_files.stderr
     assert not list((out / "depth").glob("*.png"))
     proc = run_module("resdepth.predict", predict_args(exports, mvsec, out, "--window-ms",
                                                        str(DUR_MS)))
@@ -214,6 +215,8 @@ def test_npz_by_event_count_png_millimetres_odd_frame(exports, tmp_path):
 
     d = iio.imread(out / rows[0]["depth"])
     assert d.dtype == np.uint16 and d.shape == (h, w) and d.min() > 0
+    assert rows[0]["encoding"] == ("uint16 PNG: metres x 256 (1/256 m steps, up to 255.99 m), "
+                                   "0 = no depth")
     assert not list((out / "std").glob("*"))
     assert (out / "preview.gif").stat().st_size > 100
 
@@ -328,3 +331,121 @@ def test_rectify_map_file_moves_events(tmp_path):
     with pytest.raises(ValueError, match=r"\[H, W, 2\]"):
         open_recording(PredictConfig(events=str(tmp_path / "rec.npz"),
                                      rectify_map=str(tmp_path / "bad.npy")))
+
+
+def test_damaged_recordings_and_out_file_are_one_line(exports, tmp_path, capsys):
+    """A junk .hdf5, a DSEC events.h5 cut short, a cut-short .npz and --out naming a file: each one
+    line naming the file and what is wrong, no traceback."""
+    from resdepth.predict.__main__ import cli
+    from tests.data.sources import fakes
+
+    def fails(events, out, expect):
+        with pytest.raises(SystemExit) as e:
+            cli(predict_args(exports, events, out, "--window-ms", "50"))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "Traceback" not in err and expect in err, err
+
+    junk = tmp_path / "junk.hdf5"
+    junk.write_bytes(b"\x89HDF\r\n" + b"junk" * 500)
+    fails(junk, tmp_path / "o1", "junk.hdf5: not a readable HDF5 file, damaged or cut short")
+    fakes.write_dsec(tmp_path / "dsec", frames=2, events_per_frame=2000)
+    ev = next((tmp_path / "dsec").rglob("events.h5"))
+    ev.write_bytes(ev.read_bytes()[: ev.stat().st_size // 2])
+    fails(ev, tmp_path / "o2", "events.h5: not a readable HDF5 file, damaged or cut short")
+    np.savez(tmp_path / "rec.npz", **dict(zip("xytp", random_events(3000, seed=1))))
+    rec = tmp_path / "rec.npz"
+    rec.write_bytes(rec.read_bytes()[:4000])
+    fails(rec, tmp_path / "o3", "rec.npz: not a readable .npz file, damaged or cut short")
+    x, y, t, p = random_events(3000, seed=1)
+    back = t.copy()
+    back[1000:1050] -= 0.2  # 50 events moved back by 0.2 s
+    mv = write_mvsec_events(tmp_path / "mvsec", "outdoor_day1", x, y, back, p)
+    fails(mv, tmp_path / "o4", f"outdoor_day1_data.hdf5: event times are not ascending: row 1000 at "
+                               f"{back[1000]:.6f} s comes after row 999 at {back[999]:.6f} s")
+    nan = t.copy()
+    nan[7] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=y, t=nan, p=p)
+    fails(tmp_path / "nan.npz", tmp_path / "o5", "nan.npz: event time at row 7 is nan")
+    np.savez(tmp_path / "ok.npz", **dict(zip("xytp", random_events(3000, seed=1))))
+    (tmp_path / "taken").write_text("")
+    fails(tmp_path / "ok.npz", tmp_path / "taken", "taken is a file; name an output directory")
+
+
+def test_png_depth_holds_the_nets_whole_range(tmp_path, caplog):
+    """--depth-format png: KITTI's metres x 256 in uint16, so 80 m (and anything to 255.99 m) is
+    kept; 0 is no depth, a tiny positive depth is not; beyond 255.99 m is clipped with a warning."""
+    import imageio.v3 as iio
+
+    from resdepth.predict.__main__ import build_parser
+    from resdepth.predict.outputs import write_array
+
+    depth = np.array([[80.0, 65.535, 70.0, 255.99],
+                      [np.nan, -1.0, 1e-4, 300.0]], np.float32)
+    path = tmp_path / "d.png"
+    with caplog.at_level("WARNING", logger="resdepth"):
+        write_array(path, depth, "png")
+    raw = iio.imread(path)
+    assert raw.dtype == np.uint16
+    back = raw.astype(np.float64) / 256.0
+    np.testing.assert_allclose(back[0], depth[0], atol=1 / 512)  # 80 m stays 80 m
+    assert raw[1].tolist() == [0, 0, 1, 65535]
+    assert "1 pixels beyond 255.996 m written as 65535" in caplog.text
+    assert "metres x 256" in " ".join(build_parser().format_help().split())
+
+
+@pytest.mark.parametrize("dataset", ["mvsec", "dsec"])
+def test_missing_maps_hint_names_predicts_own_flag(dataset, tmp_path, capsys):
+    """--rectify true without the maps: the hint is predict's `--rectify false` (its parser has
+    no --no-rectify); resdepth-shards pack keeps its own --no-rectify."""
+    from resdepth.predict.config import PredictConfig
+    from resdepth.predict.windows import open_recording
+    from shards_tools.cli import main as shards
+    from tests.data.sources import fakes
+
+    if dataset == "mvsec":
+        fakes.write_mvsec(tmp_path, "indoor_flying1", frames=2, events_per_frame=300, calib=False)
+        events, seq = tmp_path / "indoor_flying1_data.hdf5", "indoor_flying1"
+    else:
+        fakes.write_dsec(tmp_path, frames=2, events_per_frame=300)
+        events, seq = next(tmp_path.rglob("events.h5")), "zurich_city_00_a"
+        (events.parent / "rectify_map.h5").unlink()
+    with pytest.raises(ValueError) as e:
+        open_recording(PredictConfig(events=str(events), rectify="true"))
+    assert str(e.value).endswith("(pass --rectify false to use raw pixels)") and "--no-rectify" not in str(e.value)
+    assert shards(["pack", "--format", dataset, "--src", str(tmp_path), "--sequence", seq,
+                   "--out", str(tmp_path / "out")]) == 1
+    assert "(pass --no-rectify to use raw pixels)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_ctrl_c_keeps_finished_units_in_one_line(exports, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second unit: one line saying the finished units are kept, exit 130; the
+    rerun completes the rest, identical to an uninterrupted run."""
+    from resdepth.predict import run as predict_run
+    from resdepth.predict.__main__ import cli
+
+    np.savez(tmp_path / "rec.npz", **dict(zip("xytp", random_events(3000, seed=2))), height=H, width=W)
+    args = lambda out: predict_args(exports, tmp_path / "rec.npz", out, "--window-ms", str(DUR_MS),
+                                    "--no-previews", "--video", "none", diffusion=False)
+    real, calls = predict_run.predict_unit, []
+
+    def interrupted(ctx, unit, progress):
+        calls.append(unit.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(ctx, unit, progress)
+
+    monkeypatch.setattr(predict_run, "predict_unit", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli(args(tmp_path / "o"))
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "Traceback" not in err
+    assert (f"resdepth-predict: interrupted; the finished units in {tmp_path / 'o'} are kept, and "
+            "rerunning the same command completes the rest (the same files)") in err
+    assert len(list((tmp_path / "o" / "parts").glob("*.json"))) == 1
+    monkeypatch.undo()
+    for out in ("o", "ref"):
+        with pytest.raises(SystemExit) as e:
+            cli(args(tmp_path / out))
+        assert e.value.code == 0
+    assert tree(tmp_path / "o", ("depth",)) == tree(tmp_path / "ref", ("depth",))
+    assert frames(tmp_path / "o") == frames(tmp_path / "ref")

@@ -23,7 +23,8 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -41,12 +42,64 @@ def safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
+class RectifyMapMissing(fmt.DataError):
+    """Rectification was asked for and the recording's maps are not there. The message ends with
+    the flag that turns rectification off; each command sets ``flag`` to its own form."""
+    flag = "--no-rectify"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what} (pass {self.flag} to use raw pixels)"
+
+
 def open_h5(path: Any) -> Any:
-    """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered."""
+    """An HDF5 file for reading, with the Blosc filter that DSEC and M3ED files use registered;
+    a damaged or truncated file is a ``DataError`` naming it."""
     import h5py
     import hdf5plugin  # noqa: F401 - registers Blosc and the other filters on import
 
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        if not Path(path).exists():
+            raise
+        raise fmt.DataError(f"{path}: not a readable HDF5 file, damaged or cut short ({e})") from e
+
+
+def check_times(where: str, t: np.ndarray, row0: int = 0, before: float = -np.inf) -> None:
+    """Refuse event times that are not finite or go backwards: ``t`` are the times of rows
+    ``row0, row0 + 1, ...`` and ``before`` the time of row ``row0 - 1`` (a chunk's check joins
+    the previous chunk's). Readers look events up by binary search over time, which silently
+    returns wrong windows when times are out of order."""
+    bad = ~np.isfinite(t)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise fmt.DataError(f"{where}: event time at row {row0 + i} is {t[i]} (not a finite number)")
+    back = np.diff(t, prepend=before) < 0
+    if back.any():
+        i = int(np.argmax(back))
+        prev = float(t[i - 1]) if i else float(before)
+        raise fmt.DataError(f"{where}: event times are not ascending: row {row0 + i} at "
+                            f"{float(t[i]):.6f} s comes after row {row0 + i - 1} at {prev:.6f} s")
+
+
+def checked_times(where: str, times: Callable[[int, int], np.ndarray], n: int,
+                  chunk: int = 1 << 22) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, times)`` of each chunk of ``chunk`` rows, every one checked by
+    ``check_times``: one pass in bounded memory however long the recording."""
+    before = -np.inf
+    for a in range(0, n, chunk):
+        try:
+            t = np.asarray(times(a, min(n, a + chunk)), dtype=np.float64)
+        except OSError as e:  # a damaged HDF5 chunk
+            raise fmt.DataError(f"{where}: event times of rows {a} to {min(n, a + chunk)} "
+                                f"unreadable, the file is damaged or cut short ({e})") from e
+        check_times(where, t, a, before)
+        before = float(t[-1])
+        yield a, t
 
 
 class Events(NamedTuple):
@@ -165,8 +218,7 @@ class InMemoryEvents(EventStream):
 
     def _hold(self, where: str, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
         t = np.asarray(t, dtype=np.float64)
-        if np.any(np.diff(t) < 0):
-            raise fmt.DataError(f"{where}: event times are not ascending")
+        check_times(where, t)
         self.x, self.y, self.t, self.p = x, y, t, p
 
     def __len__(self) -> int:
@@ -276,7 +328,12 @@ class LabelledSource:
         n = len(depth)
         lo = lo + n if lo is not None and lo < 0 else lo  # negative counts from the end
         hi = hi + n if hi is not None and hi < 0 else hi
-        self.frames = [i for i in self._frames() if (lo is None or i >= lo) and (hi is None or i < hi)]
+        self.selected = range(max(lo or 0, 0), min(n if hi is None else hi, n))
+        self.frames = [i for i in self._frames() if i in self.selected]
+        dropped = len(self.selected) - len(self.frames)
+        if self.frames and dropped and self.window.mode != "depth":
+            log.warning("sequence %s: %d of %d depth frames dropped: %s", events.sequence, dropped,
+                        len(self.selected), self._window_problem("their"))
 
     def _frames(self) -> list[int]:
         ts = np.asarray(self.depth.timestamps, dtype=np.float64)
@@ -292,6 +349,34 @@ class LabelledSource:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def _window_problem(self, which: str) -> str:
+        """Why ``which`` frames' ``--window-ms`` or ``--events-per-sample`` windows are refused."""
+        if self.window.mode == "ms":
+            return (f"{which} {self.window.ms:g} ms window starts before the recording's first "
+                    f"event at {self.events.t_start:.6f} s")
+        return (f"too few events: fewer than {self.window.count} before {which} timestamp (the "
+                f"recording holds {len(self.events)} events)")
+
+    def why_empty(self) -> str:
+        """Why this sequence gives no sample: the frame range, the events or the windows."""
+        name, n = f"sequence {self.events.sequence}", len(self.depth)
+        lo, hi = ("" if v is None else v for v in self.frame_range)
+        if n == 0:
+            return f"{name}: no depth frames"
+        if not self.selected:
+            if self.frame_range[0] is not None and self.selected.start >= n:
+                return (f"{name}: --frames {lo}:{hi} starts past the last depth frame (the "
+                        f"sequence has {n} depth frames, 0 to {n - 1})")
+            return f"{name}: --frames {lo}:{hi} is an empty range (the sequence has {n} depth frames)"
+        if len(self.events) == 0:
+            return f"{name}: the recording has no events"
+        if self.window.mode != "depth":
+            return f"{name}: " + self._window_problem("every depth frame's")
+        ts = self.depth.timestamps
+        return (f"{name}: no depth frame has events in its window (events from "
+                f"{self.events.t_start:.6f} s to {self.events.t_end:.6f} s, depth frames from "
+                f"{float(ts[0]):.6f} s to {float(ts[-1]):.6f} s)")
 
     def window_of(self, i: int) -> tuple[float, float, Events]:
         """``(t0, t1, events)`` of depth frame ``i``."""

@@ -19,13 +19,17 @@ Depth from disparity with OpenCV's reprojection matrix Q (``reprojectImageTo3D``
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream, MsIndexMixin, open_h5
+from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin,
+                                        RectifyMapMissing, checked_times, open_h5)
+
+log = logging.getLogger("resdepth")
 
 SENSOR_HW = (480, 640)
 
@@ -56,7 +60,7 @@ class DsecEvents(MsIndexMixin, EventStream):
         if rectify:
             rect = folder / "rectify_map.h5"
             if not rect.exists():
-                raise fmt.DataError(f"{rect}: missing (pass --no-rectify to use raw pixels)")
+                raise RectifyMapMissing(f"{rect}: missing")
             with open_h5(rect) as f:
                 if "rectify_map" not in f:
                     raise fmt.DataError(f"{rect}: no dataset rectify_map")
@@ -70,6 +74,9 @@ class DsecEvents(MsIndexMixin, EventStream):
             self.n = int(f["events/t"].shape[0])
             self.t_offset_us = int(f["t_offset"][()])
             self.ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64)
+            t = f["events/t"]
+            for _ in checked_times(self.path, lambda a, b: t[a:b] * 1e-6, self.n):
+                pass  # ms_to_idx and the searches within it assume ascending times
         self.t_origin = 0.0
 
     def _file(self) -> Any:
@@ -170,13 +177,22 @@ def open_events(src: str | Path, sequence: Optional[str] = None, camera: str = "
     if src.is_file():
         src = src.parent
     if (src / "events.h5").exists():
-        folder, name = src, sequence or src.parent.parent.name
+        folder, name = src, sequence or sequence_of(src)
     else:
         d = sequence_dir(src, sequence)
         folder, name = d / "events" / camera, d.name
     if rectify == "auto":
         rectify = (folder / "rectify_map.h5").exists()
+        if not rectify:
+            log.warning("%s: no rectify_map.h5 beside it; events NOT rectified", folder / "events.h5")
     return DsecEvents(folder, name, bool(rectify), height, width)
+
+
+def sequence_of(folder: Path) -> str:
+    """The sequence a folder holding ``events.h5`` belongs to: ``<seq>`` of ``<seq>/events/<camera>``
+    as DSEC ships it, else the folder's own name (``.`` and relative paths resolved first)."""
+    folder = folder.resolve()
+    return folder.parent.parent.name if folder.parent.name == "events" else folder.name
 
 
 def open_depth(src: str | Path, sequence: Optional[str] = None, camera: str = "left") -> DsecDepth:

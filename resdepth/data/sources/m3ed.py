@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream, open_h5
+from resdepth.data.sources.base import DepthFrames, EventStream, checked_times, open_h5
 
 SENSOR_HW = (720, 1280)
 
@@ -47,6 +47,9 @@ class M3edEvents(EventStream):
                     raise fmt.DataError(f"{self.path}: no dataset /{self.group}/{k} (M3ED "
                                         "<sequence>_data.h5 expected)")
             self.n = int(f[f"{self.group}/t"].shape[0])
+            t = f[f"{self.group}/t"]
+            for _ in checked_times(self.path, lambda a, b: t[a:b] * 1e-6, self.n):
+                pass  # the binary searches over time assume ascending times
             res = f.get(f"{self.group}/calib/resolution")
             hw = (int(res[1]), int(res[0])) if res is not None else SENSOR_HW
         self.height, self.width = int(height or hw[0]), int(width or hw[1])

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import numpy as np
 
 from resdepth.data import format as fmt
-from resdepth.data.sources.base import DepthFrames, EventStream, MsIndexMixin
+from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin,
+                                        RectifyMapMissing, check_times, checked_times, open_h5)
 
 log = logging.getLogger("resdepth")
 
@@ -109,10 +110,10 @@ class MvsecEvents(MsIndexMixin, EventStream):
                 log.warning("%s: no %s_calib/%s_%s_{x,y}_map.txt found; events NOT rectified",
                             path, scene_of(sequence), scene_of(sequence), camera)
             else:
-                raise fmt.DataError(
+                raise RectifyMapMissing(
                     f"{sequence}: calibration maps {scene_of(sequence)}_calib/"
                     f"{scene_of(sequence)}_{camera}_{{x,y}}_map.txt not found next to {path} or "
-                    "in its parent folder (pass --no-rectify to use raw pixels)")
+                    "in its parent folder")
         hw = self.rectify_map.shape[:2] if self.rectify_map is not None else SENSOR_HW
         self.height, self.width = int(height or hw[0]), int(width or hw[1])
         with self._open() as f:
@@ -121,9 +122,7 @@ class MvsecEvents(MsIndexMixin, EventStream):
             self.t_origin, self.ms_to_idx = self._build_ms_index(ds)
 
     def _open(self) -> Any:
-        import h5py
-
-        return h5py.File(self.path, "r")
+        return open_h5(self.path)
 
     def _events(self, f: Any) -> Any:
         if self.key not in f:
@@ -135,14 +134,17 @@ class MvsecEvents(MsIndexMixin, EventStream):
         return ds
 
     def _build_ms_index(self, ds: Any) -> tuple[float, np.ndarray]:
-        """First row at or after each millisecond from the first event, one pass over t."""
+        """First row at or after each millisecond from the first event, one pass over t that
+        also checks the times (finite, ascending)."""
         if self.n == 0:
             return 0.0, np.zeros(0, np.int64)
         t0, t1 = float(ds[0, 2]), float(ds[self.n - 1, 2])
-        grid = t0 + np.arange(int(np.ceil((t1 - t0) * 1e3)) + 1) * 1e-3
+        check_times(self.path, np.array([t0]), 0)  # the grid below needs both ends finite
+        check_times(self.path, np.array([t1]), self.n - 1)
+        grid = t0 + np.arange(max(int(np.ceil((t1 - t0) * 1e3)), 0) + 1) * 1e-3
         idx = np.zeros(len(grid), np.int64)
-        for a in range(0, self.n, _CHUNK):
-            idx += np.searchsorted(np.asarray(ds[a:a + _CHUNK, 2], np.float64), grid, side="left")
+        for _, t in checked_times(self.path, lambda a, b: ds[a:b, 2], self.n, _CHUNK):
+            idx += np.searchsorted(t, grid, side="left")
         return t0, idx
 
     def _ds(self) -> Any:
@@ -168,11 +170,9 @@ class MvsecDepth(DepthFrames):
     """``davis/<camera>/depth_image_rect`` and its timestamps."""
 
     def __init__(self, path: str | Path, sequence: str, camera: str = "left") -> None:
-        import h5py
-
         self.path, self.sequence, self.camera = str(path), sequence, camera
         self.key = f"davis/{camera}/depth_image_rect"
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             for k in (self.key, self.key + "_ts"):
                 if k not in f:
                     raise fmt.DataError(f"{self.path}: no dataset {k} (MVSEC depth expected in "
@@ -184,10 +184,8 @@ class MvsecDepth(DepthFrames):
                                     f"{f[self.key].shape[0]} depth frames")
 
     def depth(self, i: int) -> np.ndarray:
-        import h5py
-
         if getattr(self, "_h5file", None) is None:
-            self._h5file = h5py.File(self.path, "r")
+            self._h5file = open_h5(self.path)
         return np.asarray(self._h5file[self.key][i], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:

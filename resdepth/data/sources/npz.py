@@ -9,6 +9,7 @@ ascending), ``p`` and optionally ``height``, ``width``; no rectification.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -18,6 +19,19 @@ import numpy as np
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import InMemoryEvents, Record, safe_key
 from resdepth.data.voxel import events_to_voxel
+
+
+def load_npz(path: str | Path) -> Any:
+    """``np.load`` of an ``.npz``; a damaged or cut-short file is a ``DataError`` naming it."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        if not Path(path).exists():
+            raise
+        raise fmt.DataError(f"{path}: not a readable .npz file, damaged or cut short ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise fmt.DataError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    return z
 
 
 @dataclass
@@ -53,7 +67,7 @@ class NpzSource:
             yield self._load(path)
 
     def _load(self, path: str) -> Record:
-        with np.load(path, allow_pickle=False) as z:
+        with load_npz(path) as z:
             if "depth" not in z:
                 raise fmt.DataError(f"{path}: no 'depth' array")
             depth = np.asarray(z["depth"], dtype=np.float32)
@@ -90,7 +104,7 @@ class NpzEvents(InMemoryEvents):
                  width: Optional[int] = None) -> None:
         self.path = str(path)
         self.sequence = Path(path).stem
-        with np.load(self.path, allow_pickle=False) as z:
+        with load_npz(self.path) as z:
             missing = [k for k in "xytp" if k not in z]
             if missing:
                 raise fmt.DataError(f"{path}: lacks raw event arrays {', '.join(missing)}")
