@@ -1,56 +1,5 @@
-"""``resdepth-predict --regression R [--diffusion D] --events FILE --out DIR --window-ms 50`` and
-``resdepth-predict merge DIR``.
-
-Every flag is a field of ``PredictConfig``; ``--help`` lists them with their docs. Run it under
-``torchrun`` (``python -m resdepth.predict``) or ``resdepth-launch predict`` to share a long
-recording between processes and array tasks.
-"""
-from __future__ import annotations
-
-import argparse
-import sys
-from typing import Optional
-
-from resdepth.eval.__main__ import add_config_flags, parse_config
-from resdepth.predict.config import PredictConfig
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="resdepth-predict",
-        description="Depth from a raw event recording with exported regression (and residual "
-                    "diffusion) nets: depth (and ensemble std) per window, colour previews, "
-                    "frames.csv and a preview video; `resdepth-predict merge DIR` writes "
-                    "frames.csv and the video of a prediction split between array tasks.",
-        epilog="Example: torchrun --nproc-per-node 2 -m resdepth.predict --regression runs/reg "
-               "--diffusion runs/diff --events outdoor_day1_data.hdf5 --window-ms 50 --out pred")
-    return add_config_flags(parser, PredictConfig)
-
-
-def parse_args(argv: list[str]) -> PredictConfig:
-    """Command-line flags (and ``key=value`` settings) to a typed ``PredictConfig``."""
-    return parse_config(PredictConfig, build_parser(), argv)
-
-
-def cli(argv: Optional[list[str]] = None) -> None:
-    from resdepth.predict.run import IncompletePrediction
-    from resdepth.utils.cli import user_errors, work_list_cli
-
-    def main(cfg: PredictConfig) -> int:
-        from resdepth.predict.run import main
-
-        return main(cfg)
-
-    def merge(out: str) -> str:
-        from resdepth.predict.run import merge
-
-        return f"windows listed in {merge(out)}"
-
-    work_list_cli("resdepth-predict", sys.argv[1:] if argv is None else argv, parse_args, main,
-                  merge, "Write frames.csv and the preview video once every unit has its outputs; "
-                  "fails listing missing units.", "prediction output directory",
-                  user_errors(IncompletePrediction))
-
+"""``python -m resdepth.predict``: the ``resdepth-predict`` command (``resdepth.predict.cli``)."""
+from resdepth.predict.cli import cli
 
 if __name__ == "__main__":
     cli()

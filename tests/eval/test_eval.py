@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resdepth.eval import merge, parse_args
-from resdepth.eval.parts import IncompleteEvaluation
+from resdepth.eval.merge import IncompleteEvaluation
 from tests.eval.runner import (TEST_SHARD_SIZES, assert_metrics_close, eval_args, make_exports,
                                metrics, run_eval)
 

@@ -79,9 +79,9 @@ def test_baseline_split_is_part_of_the_settings(small, exports, tmp_path):
 
 
 def test_noise_device_is_part_of_the_settings(small, exports):
-    from resdepth.eval.predict import load_nets
+    from resdepth.infer.nets import load_nets
     from resdepth.eval.run import make_plan
-    from resdepth.eval.work import make_units, split_shards
+    from resdepth.infer.work import make_units, split_shards
 
     shards, index = split_shards(str(small / "test"))
     units = make_units(shards, 3)

@@ -1,14 +1,19 @@
-"""The exported nets and what they predict for a batch of event tensors, in metres."""
+"""The exported nets of an inference run, what their input must be, and the device they run on."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-from resdepth.diffusion.config import SIGMA_MAX_DEFAULT
-from resdepth.eval.config import EvalConfig
+from resdepth import dist
+from resdepth.data.norm import DepthNorm
+from resdepth.diffusion.patching import GridPatching
+from resdepth.infer.config import InferenceSettings
+from resdepth.models.export import load_export, resolve_export
+from resdepth.models.padding import unet_resolution
 
 log = logging.getLogger("resdepth")
 
@@ -31,6 +36,12 @@ class Nets:
     def voxel_norm(self) -> str:
         """Event normalisation the nets were trained with (``data.voxel_norm``)."""
         return str(self.regression_meta["data"].get("voxel_norm", "none"))
+
+    def depth_range(self) -> tuple[float, Optional[float]]:
+        """What the nets can predict, in metres: the depth normalisation's exact range (upper
+        bound None when unbounded)."""
+        lo, hi = self.norm.valid_range_m()
+        return max(float(lo), 1e-3), float(hi) if math.isfinite(hi) else None
 
     def identity(self) -> dict[str, Any]:
         """What names the weights in the settings hash: step, config hash, file size."""
@@ -68,11 +79,8 @@ def check_exports(reg: dict, diff: Optional[dict], reg_src: str, diff_src: Optio
         raise ValueError("the exports cannot be evaluated together:\n  " + "\n  ".join(errors))
 
 
-def load_nets(cfg: EvalConfig, device: torch.device) -> Nets:
+def load_nets(cfg: InferenceSettings, device: torch.device) -> Nets:
     """Load the exported nets (weights and model.json only, never training state) and check them."""
-    from resdepth.data.norm import DepthNorm
-    from resdepth.models.export import load_export, resolve_export
-
     reg_net, reg_meta = load_export(cfg.regression, device=device)
     reg_meta["_bytes"] = resolve_export(cfg.regression).stat().st_size
     diff_net, diff_meta = None, None
@@ -86,15 +94,14 @@ def load_nets(cfg: EvalConfig, device: torch.device) -> Nets:
     return Nets(reg_net, reg_meta, diff_net, diff_meta, DepthNorm.from_dict(reg_meta["norm"]))
 
 
-def make_patching(cfg: EvalConfig, nets: Nets, frame: Optional[tuple[int, int]] = None):
+def make_patching(cfg: InferenceSettings, nets: Nets,
+                  frame: Optional[tuple[int, int]] = None) -> Optional[GridPatching]:
     """The inference patch grid over ``frame`` (H, W; default: the nets' training frame), or None
     for whole-image sampling.
 
     A net trained on patches expects the resized whole condition; without ``--patch`` it then
     runs on one patch covering the frame.
     """
-    from resdepth.diffusion.patching import GridPatching
-
     if nets.diffusion is None:
         return None
     h, w = frame or nets.data_shape[1:]
@@ -108,79 +115,38 @@ def make_patching(cfg: EvalConfig, nets: Nets, frame: Optional[tuple[int, int]] 
     return None
 
 
-@torch.no_grad()
-def predict(cfg: EvalConfig, nets: Nets, events: torch.Tensor, keys: Sequence[str],
-            patching=None, noise_std: Optional[float] = None) -> dict[str, torch.Tensor]:
-    """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, their ``mean``,
-    ``median`` and ``std`` (unbiased over members), and with ``noise_std`` (normalised depth, see
-    ``residual_std``) ``noise_members`` of the noise baseline; all float32 in metres.
-
-    ``mean`` is ``ensemble_mean`` of the members in normalised depth space, denormalised: the same
-    definition as the regression mean and the samplers. ``median`` (lower median) and ``std`` are
-    taken over members in metres (the median commutes with the normalisation).
-    """
-    from resdepth.diffusion.sampler import generate_ensemble
-
-    norm = nets.norm
-    amp = torch.autocast(events.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    if nets.diffusion is None:
-        with amp:
-            reg = nets.regression(events)
-        return {"regression": norm.denormalize(reg.float()).float()}
-    spec = nets.diffusion_meta["spec"]
-    with amp:
-        out = generate_ensemble(
-            nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed,
-            members=cfg.ensemble, num_steps=cfg.steps, **sampler_kwargs(cfg, nets),
-            hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
-            return_members=True, max_rows=cfg.sample_rows or None)
-    members = norm.denormalize(out["members"].float()).float()
-    pred = {"regression": norm.denormalize(out["regression"].float()).float(),
-            "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
-            "median": members.median(dim=1).values, "std": members.std(dim=1)}
-    if noise_std is not None:
-        pred["noise_members"] = norm.denormalize(
-            noise_baseline(out["regression"].float(), keys, cfg.seed, cfg.ensemble, noise_std)).float()
-    return pred
-
-
-def residual_std(cfg: EvalConfig, nets: Nets) -> Optional[float]:
-    """The noise baseline's std (normalised depth): the residual std that stage 2 measured."""
-    if not cfg.noise_baseline or nets.diffusion_meta is None:
-        return None
-    value = nets.diffusion_meta.get("residual_std")
-    return None if value is None else float(value)
-
-
-def sampler_kwargs(cfg: EvalConfig, nets: Nets) -> dict:
-    """The sampler settings; an unset ``sigma_max`` takes the value the diffusion run recorded."""
-    kw = cfg.sampler_kwargs()
-    if kw["sigma_max"] is None:
-        recorded = (nets.diffusion_meta or {}).get("sigma_max")
-        kw["sigma_max"] = float(recorded) if recorded is not None else SIGMA_MAX_DEFAULT
-    return kw
-
-
-def noise_baseline(regression: torch.Tensor, keys: Sequence[str], seed: int, members: int,
-                   std: float) -> torch.Tensor:
-    """``members`` draws of the regression mean plus Gaussian noise of ``std`` (normalised space),
-    ``[N, M, C, H, W]``; each (key, member) has its own generator, as the diffusion members do."""
-    from resdepth.diffusion.sampler import StackedRandomGenerator, sample_seed
-
-    draws = []
-    for m in range(members):
-        rng = StackedRandomGenerator([sample_seed(seed, f"noise/{k}", m) for k in keys],
-                                     regression.device)
-        draws.append(regression + std * rng.randn(regression.shape, device=regression.device))
-    return torch.stack(draws, dim=1)
-
-
-def resolve_device(cfg: EvalConfig) -> torch.device:
-    from resdepth import dist
-
+def resolve_device(cfg: InferenceSettings) -> torch.device:
+    """The configured device, or each rank's GPU (else the CPU) for ``auto``."""
     if cfg.device == "cpu":
         return torch.device("cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no GPU is visible")
     return dist.device()
 
+
+def frame_problem(nets: Nets, frame: tuple[int, int]) -> Optional[str]:
+    """Why the nets cannot run on whole frames of ``frame`` (H, W), or None when they can.
+
+    A ``SongUNetPosEmbd`` net appends its positional grid, built for the padded training frame,
+    to its input; run on a whole frame it needs the frame to pad to that same size. A net trained
+    on patches indexes the grid by position instead, so any frame size works for it.
+    """
+    for name, meta in (("regression", nets.regression_meta), ("diffusion", nets.diffusion_meta)):
+        if meta is None:
+            continue
+        spec = meta["spec"]
+        unet = spec.get("unet", {})
+        if spec.get("arch") != "SongUNetPosEmbd" or not unet.get("N_grid_channels", 0):
+            continue
+        if name == "diffusion" and spec.get("patching", False):
+            continue
+        levels = len(unet.get("channel_mult", [1]))
+        grid = [int(v) for v in unet["img_resolution"]]
+        if unet_resolution(frame, levels) != grid:
+            _, h, w = nets.data_shape
+            return (f"the {name} net has a positional grid for {h}x{w} frames (padded to "
+                    f"{grid[0]}x{grid[1]}) and was trained on whole frames, so it cannot predict "
+                    f"{frame[0]}x{frame[1]} frames; use a recording of the training size "
+                    f"({h}x{w}), or nets trained on patches (data.patch with model.patching), "
+                    "whose grid is indexed by position")
+    return None
