@@ -71,6 +71,9 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
     bins, h, w = nets.data_shape
     stream = open_recording(cfg)
     splat = cfg.splat or str(nets.regression_meta["data"].get("splat", "round"))
+    problem = frame_problem(nets, (stream.height, stream.width))
+    if problem:
+        raise ValueError(f"{cfg.events}: {problem}")
     if (stream.height, stream.width) != (h, w):
         log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)

@@ -328,3 +328,21 @@ def test_rectify_map_file_moves_events(tmp_path):
     with pytest.raises(ValueError, match=r"\[H, W, 2\]"):
         open_recording(PredictConfig(events=str(tmp_path / "rec.npz"),
                                      rectify_map=str(tmp_path / "bad.npy")))
+
+
+def test_positional_grid_net_trained_on_whole_frames_refuses_another_size_at_start(tmp_path):
+    """A SongUNetPosEmbd net trained on whole 30 x 46 frames cannot run on 20 x 30 frames (its grid
+    is built for the padded training frame): refused before any work, saying what works."""
+    model = dict(TINY3, arch="SongUNetPosEmbd", regression_arch="SongUNetPosEmbd")
+    exports = make_exports(tmp_path / "exports", size=(H, W), model=model, bins=BINS)
+    h, w = 20, 30
+    x, y, t, p = random_events(3000, seed=9, h=h, w=w)
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t, p=p, height=h, width=w)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        main(parse_args(predict_args(exports, tmp_path / "rec.npz", out, "--window-events", "1000",
+                                     "--video", "none")))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'rec.npz'}: the regression net has a positional grid")
+    assert "20x30" in message and "trained on patches" in message and "training size (30x46)" in message
+    assert not (out / "parts").exists()  # refused before the work list was written
