@@ -9,7 +9,7 @@ Padding to the U-Net's multiple is not done here: the wrapped nets pad every cal
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,3 +26,19 @@ def net_input(grid: np.ndarray, voxel_norm: str) -> np.ndarray:
 def net_input_batch(grids: Sequence[np.ndarray], voxel_norm: str) -> torch.Tensor:
     """``[N, B, H, W]`` float32 on the CPU: ``net_input`` of each grid, stacked."""
     return torch.from_numpy(np.stack([net_input(g, voxel_norm) for g in grids]))
+
+
+# ``index.json`` params that say how a split's voxel grids were made from events
+VOXELISATION_KEYS = ("source", "splat", "window", "window_ms", "events_per_sample")
+
+
+def input_spec(index: Optional[dict], voxel_norm: str) -> dict[str, Any]:
+    """What a net's input is made with, for its export: the split's voxelisation as its
+    ``index.json`` params record it (bins, splat, window) and the run's ``voxel_norm``; prediction
+    voxelises a recording the same way and warns where it cannot."""
+    params = (index or {}).get("params") or {}
+    spec: dict[str, Any] = {k: params[k] for k in VOXELISATION_KEYS if k in params}
+    if index is not None:
+        spec["bins"] = int(index["bins"])
+    spec["voxel_norm"] = voxel_norm
+    return spec

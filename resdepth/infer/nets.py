@@ -69,14 +69,24 @@ def check_exports(reg: dict, diff: Optional[dict], reg_src: str, diff_src: Optio
         if diff.get("norm") != reg.get("norm"):
             errors.append(f"depth normalisation differs: regression {reg.get('norm')}, "
                           f"diffusion {diff.get('norm')}")
-        if diff.get("data") != reg.get("data"):
-            errors.append(f"data shape differs: regression {reg.get('data')} (bins, height, width), "
+        differs = data_differences(reg.get("data") or {}, diff.get("data") or {})
+        if differs:
+            errors.append(f"input data differs ({', '.join(differs)}): regression {reg.get('data')}, "
                           f"diffusion {diff.get('data')}")
         if diff["spec"].get("cond_channels") != reg["spec"].get("cond_channels"):
             errors.append(f"condition channels differ: regression {reg['spec'].get('cond_channels')}, "
                           f"diffusion {diff['spec'].get('cond_channels')}")
     if errors:
         raise ValueError("the exports cannot be evaluated together:\n  " + "\n  ".join(errors))
+
+
+def data_differences(a: dict, b: dict) -> list[str]:
+    """The input settings two exports' data metas disagree on: the grid shape and event
+    normalisation always, how the grid was made where both record it (older exports do not)."""
+    always = ("bins", "height", "width", "voxel_norm")
+    keys = [k for k in a.keys() | b.keys() if k in always or (k in a and k in b)]
+    return sorted(k for k in keys if a.get(k, "none" if k == "voxel_norm" else None)
+                  != b.get(k, "none" if k == "voxel_norm" else None))
 
 
 def load_nets(cfg: InferenceSettings, device: torch.device) -> Nets:

@@ -70,7 +70,8 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
     the nets pad to their multiple and crop back)."""
     bins, h, w = nets.data_shape
     stream = open_recording(cfg)
-    splat = cfg.splat or str(nets.regression_meta["data"].get("splat", "round"))
+    splat = choose_splat(cfg, nets.regression_meta["data"])
+    check_window(cfg, nets.regression_meta["data"])
     problem = frame_problem(nets, (stream.height, stream.width))
     if problem:
         raise ValueError(f"{cfg.events}: {problem}")
@@ -79,6 +80,34 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)
     return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, nets.voxel_norm,
                    cfg.max_windows)
+
+
+def choose_splat(cfg: PredictConfig, trained: dict) -> str:
+    """The voxel splat of rectified events: ``--splat``, else the one the training shards were
+    packed with (the export records it), else ``round``; a difference or a guess is logged."""
+    recorded = trained.get("splat")
+    if cfg.splat and recorded and cfg.splat != recorded:
+        log.warning("--splat %s: the nets learnt from shards voxelised with splat=%s; their "
+                    "predictions on %s-splatted windows may be worse", cfg.splat, recorded, cfg.splat)
+    if not cfg.splat and not recorded and trained.get("source", "synthetic") != "synthetic":
+        log.warning("the export does not record the splat its training shards were packed with "
+                    "(exported by an older resdepth): voxelising with round; pass --splat "
+                    "bilinear if they were packed so")
+    return cfg.splat or recorded or "round"
+
+
+def check_window(cfg: PredictConfig, trained: dict) -> None:
+    """Log where the windows differ from those the training shards were packed with."""
+    mode = trained.get("window")
+    if mode == "ms" and cfg.window_ms != trained.get("window_ms"):
+        asked = f"{cfg.window_ms:g} ms" if cfg.window_ms else f"{cfg.window_events} events"
+        log.warning("windows of %s: the nets learnt from %g ms windows (--window-ms %g)", asked,
+                    trained["window_ms"], trained["window_ms"])
+    elif mode == "count" and cfg.window_events != trained.get("events_per_sample"):
+        asked = f"{cfg.window_ms:g} ms" if cfg.window_ms else f"{cfg.window_events} events"
+        log.warning("windows of %s: the nets learnt from windows of %d events "
+                    "(--window-events %d)", asked, trained["events_per_sample"],
+                    trained["events_per_sample"])
 
 
 def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit],

@@ -4,6 +4,7 @@ resume by units, and every reader (MVSEC HDF5, npz, Prophesee EVT3, AEDAT4) thro
 from __future__ import annotations
 
 import csv
+import json
 import io
 import shutil
 import tarfile
@@ -346,3 +347,27 @@ def test_positional_grid_net_trained_on_whole_frames_refuses_another_size_at_sta
     assert message.startswith(f"{tmp_path / 'rec.npz'}: the regression net has a positional grid")
     assert "20x30" in message and "trained on patches" in message and "training size (30x46)" in message
     assert not (out / "parts").exists()  # refused before the work list was written
+
+
+def test_export_records_the_voxelisation_and_prediction_follows_it(mvsec, tmp_path):
+    """Shards packed with splat=bilinear and 62.5 ms windows: the trained net's export records
+    both, prediction voxelises with bilinear unasked, and other windows are named in a warning."""
+    from tests.train.runner import TINY, train
+
+    src = tmp_path / "mvsec"
+    shutil.copytree(mvsec.parent, src)
+    write_mvsec_depth(src, "outdoor_day1", window_ends())
+    run_command([*_py(), "-m", "shards_tools.cli", "pack", "--format", "mvsec", "--src", str(src),
+                 "--sequence", "outdoor_day1", "--out", str(tmp_path / "shards" / "train"),
+                 "--window-ms", str(DUR_MS), "--bins", str(BINS), "--splat", "bilinear"])
+    run = tmp_path / "reg"
+    train(["experiment=baseline_regression", f"run.dir={run}", f"data.root={tmp_path / 'shards'}",
+           *TINY, "trainer.max_steps=1", "data.voxel_norm=nonzero"])
+    data = json.loads((run / "export" / "model.json").read_text())["data"]
+    assert data["splat"] == "bilinear" and data["window"] == "ms" and data["window_ms"] == DUR_MS
+    assert data["bins"] == BINS and data["voxel_norm"] == "nonzero"
+    out = tmp_path / "pred"
+    proc = run_module("resdepth.predict", ["--regression", str(run), "--events", str(mvsec),
+                                           "--out", str(out), "--window-ms", "50", *FAST])
+    assert json.loads((out / "plan.json").read_text())["splat"] == "bilinear"
+    assert "windows of 50 ms: the nets learnt from 62.5 ms windows" in proc.stderr + proc.stdout
