@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -71,6 +71,7 @@ class Share:
     num_tasks: int
     rank: int
     world: int
+    idle: Optional[str] = None  # the line saying that some workers have no unit, when they have none
 
     @classmethod
     def of(cls, units: list[Unit], frame: Frame) -> "Share":
@@ -78,7 +79,37 @@ class Share:
         world, rank = dist.world_size(), dist.rank()
         return cls(worker_units(units, frame.num_tasks, frame.task_id, world, rank),
                    task_units(units, frame.num_tasks, frame.task_id, world),
-                   frame.task_id, frame.num_tasks, rank, world)
+                   frame.task_id, frame.num_tasks, rank, world,
+                   idle_workers(units, frame.num_tasks, world))
+
+
+def idle_workers(units: list[Unit], num_tasks: int, world: int) -> Optional[str]:
+    """One line when the work list has fewer units than there are workers (array tasks x ranks),
+    naming a ``--unit-size`` that gives each worker a unit; None when every worker has one.
+
+    The units are not cut finer by themselves: the work list must not depend on the world size, so
+    that a rerun with another one resumes from the same parts."""
+    workers = num_tasks * world
+    if len(units) >= workers:
+        return None
+    line = (f"the work list has {len(units)} units for {workers} workers ({num_tasks} array "
+            f"tasks x {world} processes): {workers - len(units)} will have no work")
+    size = finer_unit_size(units, workers)
+    return line + (f"; --unit-size {size} gives every worker a unit" if size else "")
+
+
+def finer_unit_size(units: list[Unit], workers: int) -> Optional[int]:
+    """The largest unit size cutting the same shards into at least ``workers`` units, or None
+    (uncounted shards, or fewer samples than workers)."""
+    per_shard: dict[str, int] = {}
+    for u in units:
+        if u.count is None:
+            return None
+        per_shard[u.url] = per_shard.get(u.url, 0) + u.count
+    for size in range(max(per_shard.values(), default=0), 0, -1):
+        if sum(-(-n // size) for n in per_shard.values()) >= workers:
+            return size
+    return None
 
 
 @contextmanager
@@ -89,6 +120,8 @@ def running(out: Path, share: Share, todo: list[Unit], verbs: tuple[str, str], n
     log.info("task %d/%d rank %d/%d: %d units of %d to %s (%d finished earlier)", share.task_id,
              share.num_tasks, share.rank, share.world, len(todo), len(share.mine), verbs[0],
              len(share.mine) - len(todo))
+    if share.idle and share.rank == 0:
+        log.warning(share.idle)
     ours = [u.to_dict() for u in share.ours]
     progress = Progress(out, ours, enabled=dist.is_main(), label=label, noun=noun)
     start = time.perf_counter()

@@ -151,3 +151,14 @@ def test_malformed_part_names_the_file(small, exports, tmp_path, text, message):
     with pytest.raises(ValueError) as e:
         merge(out)
     assert str(e.value).startswith(f"{part}: {message}")
+
+
+def test_idle_workers_are_named_in_one_line(small, exports, tmp_path):
+    """5 samples in units of 3 make 2 units; 3 array tasks leave one without work: the log says
+    so, with the unit size that would give every task a unit (units of 2: 3 units)."""
+    proc = run_eval(eval_args(exports, small / "test", tmp_path / "ev", "--baseline", "none",
+                              "--num-tasks", "3", "--task-id", "0", diffusion=False))
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if "no work" in line]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].endswith("the work list has 2 units for 3 workers (3 array tasks x 1 processes): "
+                             "1 will have no work; --unit-size 2 gives every worker a unit")
