@@ -15,7 +15,7 @@ class EvalConfig(InferenceSettings):
     data: str = opt("", "Split directory holding index.json and tar shards, or shard URLs (brace pattern).")
     out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
     max_samples: int = opt(0, "Evaluate only the first N samples of the work list (0: all).")
-    protocol: Literal["pooled", "e2depth", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth/RAM-Net score MVSEC: truth capped at Dmax and rescaled per frame, sq_rel err^2/t^2) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
+    protocol: Literal["pooled", "e2depth", "ramnet", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth scores MVSEC: truth capped at Dmax and rescaled per frame, strict masks, sq_rel err^2/t^2), ramnet (as RAM-Net's evaluation.py: like e2depth, but truth only capped, never rescaled, and inclusive masks) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
     noise_baseline: bool = opt(True, "Also score the noise baseline: the regression mean plus Gaussian noise of the residual std the diffusion run measured, with as many members as the ensemble.")
     save_predictions: bool = opt(False, "Write pred-<unit>.tar shards with regression, ensemble mean and std per sample.")
     save_members: bool = opt(False, "Also store the ensemble members in the prediction shards.")
