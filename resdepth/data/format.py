@@ -362,7 +362,7 @@ def stale_count(label: str, read: int, count: int) -> Optional[str]:
     and its ``index.json`` counts ``count``; None when they agree. Reading less or more than the
     index says would leave samples out or count some twice."""
     if read > count:
-        return (f"{label}: holds more samples than the {count} its index.json counts (a stale "
+        return (f"{label}: holds more samples than the {count} index.json counts (a stale "
                 "index.json? `resdepth-shards stats SPLIT` recounts)")
     if read < count:
         return f"{label}: holds {read} samples, index.json counts {count}"

@@ -178,8 +178,7 @@ class _Plan:
             for raw in it:
                 if i >= stop:
                     if stop == n:
-                        self._bad(f"{fmt.shard_label(url)}: holds more samples than the {n} "
-                                  "index.json counts (a stale index? rerun resdepth-shards stats)")
+                        self._bad(fmt.stale_count(fmt.shard_label(url), i + 1, n))
                     return
                 if i >= first:
                     yield url, raw
@@ -190,7 +189,7 @@ class _Plan:
         finally:
             it.close()
         if i < stop:
-            self._bad(f"{fmt.shard_label(url)}: holds {i} samples, index.json counts {n}")
+            self._bad(fmt.stale_count(fmt.shard_label(url), i, n))
 
     def _passes(self) -> Iterator[tuple[str, dict]]:
         """The slot once; again (reshuffled) only while the consumer needs more, which happens

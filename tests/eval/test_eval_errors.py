@@ -39,7 +39,7 @@ def test_stale_index_count_fails(small, exports, tmp_path):
         return index
 
     _edit_index(small / "test", stale)
-    with pytest.raises(fmt.DataError, match=r"shard-000000.tar: holds more samples than the 2 its "
+    with pytest.raises(fmt.DataError, match=r"shard-000000.tar: holds more samples than the 2 "
                                             r"index.json counts"):
         main(reg_only(exports, small / "test", tmp_path / "ev"))
 
