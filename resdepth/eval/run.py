@@ -23,7 +23,7 @@ from resdepth.eval.config import EvalConfig, result_hash, validate
 from resdepth.eval.merge import merge, summary_line
 from resdepth.eval.predictions import PredictionShard, pred_path
 from resdepth.eval.samples import Sample, iter_samples
-from resdepth.eval.scoring import PREDICTORS, SAVED, score_batch, score_by_sequence, to_floats  # noqa: F401
+from resdepth.eval.scoring import SAVED, score_by_sequence, to_floats
 from resdepth.infer import parts as P
 from resdepth.infer.batching import batches, prefetch
 from resdepth.infer.frame import Frame, Share, process_frame, running

@@ -156,7 +156,7 @@ def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
     from resdepth.data.format import shard_paths
     from resdepth.data.norm import DepthNorm
     from resdepth.eval.metrics import add_sums, finalize
-    from resdepth.eval.run import PREDICTORS, score_batch
+    from resdepth.eval.scoring import PREDICTORS, score_batch
 
     preds = {}
     for p in sorted((reference / "predictions").glob("pred-*.tar")):
