@@ -291,7 +291,8 @@ def test_errors_are_one_line(exports, tmp_path, capsys):
 def test_dataset_files_are_recognised_and_windowed(dataset, tmp_path):
     """DSEC events.h5 (rectified with its rectify_map.h5) and M3ED _data.h5 open by file name."""
     from resdepth.predict.config import PredictConfig
-    from resdepth.predict.windows import Windows, detect_format, open_recording
+    from resdepth.data.sources import detect_format
+    from resdepth.predict.windows import Windows, open_recording
     from tests.data.sources import fakes
 
     if dataset == "dsec":
