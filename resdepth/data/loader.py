@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from resdepth import dist
 from resdepth.data import format as fmt
 from resdepth.data.norm import DepthNorm
-from resdepth.data.voxel import VOXEL_NORMS, apply_voxel_norm
+from resdepth.data.netinput import net_input
+from resdepth.data.voxel import VOXEL_NORMS
 
 log = logging.getLogger("resdepth")
 
@@ -262,9 +263,7 @@ class _Plan:
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
         ev = np.stack([s["events"] for s in samples])
         if self.voxel_norm != "none":  # per whole frame, before any crop; float32 from here on
-            # torch converts float16 to float32 many times faster than numpy's astype
-            ev = torch.from_numpy(ev).to(torch.float32).numpy()
-            ev = np.stack([apply_voxel_norm(e, self.voxel_norm) for e in ev])
+            ev = np.stack([net_input(e, self.voxel_norm) for e in ev])
         depth = np.stack([s["depth"] for s in samples]).astype(np.float32, copy=False)
         mask = np.stack([s["mask"] for s in samples])
         origin = np.zeros((len(samples), 2), dtype=np.int64)
