@@ -30,7 +30,7 @@ def net_input_batch(grids: Sequence[np.ndarray], voxel_norm: str) -> torch.Tenso
 
 
 # ``index.json`` params that say how a split's voxel grids were made from events
-VOXELISATION_KEYS = ("source", "splat", "window", "window_ms", "events_per_sample")
+VOXELISATION_KEYS = ("splat", "window", "window_ms", "events_per_sample")
 
 
 def input_spec(index: Optional[dict], voxel_norm: str) -> dict[str, Any]:

@@ -89,10 +89,10 @@ def choose_splat(cfg: PredictConfig, trained: dict) -> str:
     if cfg.splat and recorded and cfg.splat != recorded:
         log.warning("--splat %s: the nets learnt from shards voxelised with splat=%s; their "
                     "predictions on %s-splatted windows may be worse", cfg.splat, recorded, cfg.splat)
-    if not cfg.splat and not recorded and trained.get("source", "synthetic") != "synthetic":
-        log.warning("the export does not record the splat its training shards were packed with "
-                    "(exported by an older resdepth): voxelising with round; pass --splat "
-                    "bilinear if they were packed so")
+    if not cfg.splat and not recorded:
+        log.warning("the export does not record a splat (its training shards were synthetic, or "
+                    "it was exported by an older resdepth): voxelising with round; pass --splat "
+                    "bilinear if the shards were packed so")
     return cfg.splat or recorded or "round"
 
 
