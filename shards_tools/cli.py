@@ -75,19 +75,21 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _pack_source(a: argparse.Namespace) -> Any:
-    from resdepth.data.sources import Window, pack_source
+    from resdepth.data.sources import FORMATS, Window, detect_format, pack_source
 
     src = Path(a.src)
     fmt_name = a.format
     rectify: bool | str = not a.no_rectify
     if fmt_name is None:  # inferred from the path, as before --format existed
-        if src.is_dir():
-            fmt_name = "npz"
-        elif src.suffix.lower() in (".h5", ".hdf5"):
-            fmt_name, rectify = "mvsec", ("auto" if rectify else False)
-        else:
+        try:  # a directory of .npz files, or a recording file told apart as prediction does
+            fmt_name = "npz" if src.is_dir() else detect_format(src)
+        except ValueError as e:
+            raise SystemExit(f"resdepth-shards pack: {e}") from e
+        if fmt_name not in FORMATS or (fmt_name == "npz" and not src.is_dir()):
             raise SystemExit(f"resdepth-shards pack: {src}: pass --format (or a directory of .npz "
-                             "files, or an .h5/.hdf5 file in MVSEC layout)")
+                             "files, or an HDF5 recording of MVSEC, DSEC or M3ED)")
+        if fmt_name != "npz":
+            rectify = "auto" if rectify else False
     if a.window_ms is not None:
         window = Window("ms", ms=a.window_ms)
     elif a.events_per_sample is not None:

@@ -342,10 +342,11 @@ def shard_label(url: str) -> str:
     return tars[-1] if tars else (names[-1] if names else url)
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
+def iter_shard(url: str, label: Optional[str] = None) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__`` plus member bytes) of one tar shard, streamed (``pipe:`` works).
 
-    A shard that cannot be opened or read to its end raises ``DataError('<shard>: reason')``.
+    A shard that cannot be opened or read to its end raises ``DataError('<label>: reason')``
+    (``label``: the shard's file name unless given).
     """
     import webdataset as wds
 
@@ -353,4 +354,43 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
         yield from wds.tariterators.tarfile_samples([{"url": url}])
     except (OSError, tarfile.TarError, ValueError, EOFError) as e:
         reason = str(e.args[0]) if e.args else type(e).__name__
-        raise DataError(f"{shard_label(url)}: unreadable tar ({reason.split(' @ ')[0]})") from e
+        raise DataError(f"{label or shard_label(url)}: unreadable tar "
+                        f"({reason.split(' @ ')[0]})") from e
+
+
+def stale_count(label: str, read: int, count: int) -> Optional[str]:
+    """What is wrong when a shard holds ``read`` samples (``read > count``: at least that many)
+    and its ``index.json`` counts ``count``; None when they agree. Reading less or more than the
+    index says would leave samples out or count some twice."""
+    if read > count:
+        return (f"{label}: holds more samples than the {count} index.json counts (a stale "
+                "index.json? `resdepth-shards stats SPLIT` recounts)")
+    if read < count:
+        return f"{label}: holds {read} samples, index.json counts {count}"
+    return None
+
+
+def iter_shard_range(url: str, start: int = 0, stop: Optional[int] = None,
+                     count: Optional[int] = None, label: Optional[str] = None
+                     ) -> Iterator[dict[str, Any]]:
+    """Raw samples ``[start, stop)`` of one shard (``stop`` None: to its end), in shard order.
+
+    ``count`` is the shard's sample count in ``index.json``: reading up to it, the shard must end
+    there, and reading to its end, it must hold that many; a disagreement raises ``DataError``.
+    """
+    label = label or shard_label(url)
+    it = iter_shard(url, label)
+    i = 0
+    try:
+        for raw in it:
+            if stop is not None and i >= stop:
+                if stop == count:
+                    raise DataError(stale_count(label, i + 1, count))
+                return
+            if i >= start:
+                yield raw
+            i += 1
+    finally:
+        it.close()  # also when the caller stops early: no open file left to the garbage collector
+    if count is not None and (stop is None or stop == count) and i != count:
+        raise DataError(stale_count(label, i, count))

@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from resdepth import dist
 from resdepth.data import format as fmt
 from resdepth.data.norm import DepthNorm
-from resdepth.data.voxel import VOXEL_NORMS, apply_voxel_norm
+from resdepth.data.netinput import net_input
+from resdepth.data.voxel import VOXEL_NORMS
 
 log = logging.getLogger("resdepth")
 
@@ -178,8 +179,7 @@ class _Plan:
             for raw in it:
                 if i >= stop:
                     if stop == n:
-                        self._bad(f"{fmt.shard_label(url)}: holds more samples than the {n} "
-                                  "index.json counts (a stale index? rerun resdepth-shards stats)")
+                        self._bad(fmt.stale_count(fmt.shard_label(url), i + 1, n))
                     return
                 if i >= first:
                     yield url, raw
@@ -190,7 +190,7 @@ class _Plan:
         finally:
             it.close()
         if i < stop:
-            self._bad(f"{fmt.shard_label(url)}: holds {i} samples, index.json counts {n}")
+            self._bad(fmt.stale_count(fmt.shard_label(url), i, n))
 
     def _passes(self) -> Iterator[tuple[str, dict]]:
         """The slot once; again (reshuffled) only while the consumer needs more, which happens
@@ -263,9 +263,7 @@ class _Plan:
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
         ev = np.stack([s["events"] for s in samples])
         if self.voxel_norm != "none":  # per whole frame, before any crop; float32 from here on
-            # torch converts float16 to float32 many times faster than numpy's astype
-            ev = torch.from_numpy(ev).to(torch.float32).numpy()
-            ev = np.stack([apply_voxel_norm(e, self.voxel_norm) for e in ev])
+            ev = np.stack([net_input(e, self.voxel_norm) for e in ev])
         depth = np.stack([s["depth"] for s in samples]).astype(np.float32, copy=False)
         mask = np.stack([s["mask"] for s in samples])
         origin = np.zeros((len(samples), 2), dtype=np.int64)

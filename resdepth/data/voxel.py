@@ -18,14 +18,13 @@ import numpy as np
 
 def events_to_voxel(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, bins: int,
                     height: int, width: int, t0: Optional[float] = None,
-                    t1: Optional[float] = None, normalize: bool = False,
-                    splat: str = "round") -> np.ndarray:
+                    t1: Optional[float] = None, splat: str = "round") -> np.ndarray:
     """Voxel grid ``float32 [bins, height, width]`` of the events.
 
     ``p`` > 0 counts as +1, anything else as -1 (so both {0, 1} and {-1, 1} polarities work).
     ``t0``/``t1`` default to the first and last event times; events outside the window or the
     frame are dropped. ``splat`` is ``"round"`` or ``"bilinear"`` (see the module docstring).
-    ``normalize`` scales non-zero cells to zero mean and unit std.
+    The grid is not normalised: a net's input is made from it by ``resdepth.data.netinput``.
     """
     if splat not in SPLATS:
         raise ValueError(f"splat must be one of {SPLATS}, got {splat!r}")
@@ -50,8 +49,7 @@ def events_to_voxel(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, 
             lb, wr, pl = left[inside], w_right[inside], pol[inside]
         _accumulate(grid, lb * (height * width) + py * width + px, pl if w is None else pl * w, wr,
                     bins, height * width)
-    out = grid.reshape(bins, height, width).astype(np.float32)
-    return normalize_voxel(out) if normalize else out
+    return grid.reshape(bins, height, width).astype(np.float32)
 
 
 SPLATS = ("round", "bilinear")

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 
 from resdepth import dist
+from resdepth.data import format as fmt
 from resdepth.eval.config import EvalConfig
-from resdepth.eval.parts import save_npy_atomic
+from resdepth.eval.samples import iter_samples
+from resdepth.infer.parts import save_npy_atomic
+from resdepth.infer.work import split_shards
 from resdepth.utils.atomic import write_json_atomic
 
 log = logging.getLogger("resdepth")
@@ -54,8 +57,6 @@ def per_pixel_mean(depth_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 def accumulate(urls: list[str], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """float64 per-pixel sums of valid depth and counts of valid pixels over ``urls``."""
-    from resdepth.eval.reader import iter_samples
-
     s = np.zeros(shape, np.float64)
     c = np.zeros(shape, np.float64)
     for url in urls:
@@ -70,8 +71,6 @@ def baseline_identity(train: Path) -> list:
     """What names the baseline's training split in the settings hash and next to the cache: each
     shard's name, count and checksum (so another split, or a rewritten one, differs); a shard
     without a checksum in the index is named by its resolved path, size and modification time."""
-    from resdepth.data import format as fmt
-
     def shard(s: dict) -> list:
         if s.get("sha256"):
             return [s["name"], s["nsamples"], s["sha256"]]
@@ -90,8 +89,6 @@ def load_or_compute(train: Path, identity: list, out: Path, shape: tuple[int, in
     Collective: every rank of the world calls it. Concurrent array tasks may each compute it;
     the atomic rename makes that harmless.
     """
-    from resdepth.eval.work import split_shards
-
     path = Path(out) / CACHE
     ident_path = path.with_suffix(".json")
     ident = {"train": str(train), "identity": identity}

@@ -1,36 +1,12 @@
 """Configuration of an evaluation run: which exports, which data, how to sample, how to split the work."""
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from typing import Literal, Mapping, Optional
 
 from resdepth.config.core import ConfigError, opt
-from resdepth.diffusion.config import SamplerSettings
-
-
-@dataclass
-class InferenceSettings(SamplerSettings):
-    """The nets, how to sample them and how to share the work: what evaluation and prediction share."""
-    regression: str = opt("", "Regression run directory, export directory or model.safetensors file.")
-    diffusion: Optional[str] = opt(None, "Residual diffusion run directory, export directory or weights file; omitted: regression only.")
-    ensemble: int = opt(8, "Ensemble members drawn per image by the diffusion sampler.")
-    steps: int = opt(18, "Sampler steps.")
-    patch: int = opt(0, "Patch size for patch-based diffusion sampling (0 samples the full image).")
-    overlap: int = opt(4, "Overlap in pixels between neighbouring patches.")
-    boundary: int = opt(2, "Boundary pixels padded around each patch.")
-    batch: int = opt(4, "Images per forward pass (does not change any prediction).")
-    sample_rows: int = opt(0, "Images x ensemble members per sampler batch: members and images run together (0: batch x ensemble; does not change any prediction).")
-    precision: Literal["fp32", "bf16"] = opt("fp32", "Autocast precision of the nets (bf16: faster on GPU, changes the numbers).")
-    seed: int = opt(0, "Base seed; every member of every sample has its own generator from (seed, key, member).")
-    unit_size: int = opt(64, "Samples per work unit (one part file each); fixed, so the work list does not depend on the world size.")
-    num_tasks: Optional[int] = opt(None, "Slurm array tasks sharing this work (default: SLURM_ARRAY_TASK_COUNT, else 1).")
-    task_id: Optional[int] = opt(None, "This array task's index in [0, num_tasks) (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN).")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Device: each rank's GPU when available, else the CPU.")
-    threads: int = opt(0, "torch.set_num_threads per process (0 keeps the default).")
+from resdepth.infer import config as infer_config
+from resdepth.infer.config import INFERENCE_NON_RESULT_KEYS, InferenceSettings, inference_errors
 
 
 @dataclass
@@ -39,7 +15,7 @@ class EvalConfig(InferenceSettings):
     data: str = opt("", "Split directory holding index.json and tar shards, or shard URLs (brace pattern).")
     out: str = opt("", "Output directory: parts/, metrics.json, report.md, samples.png, predictions.")
     max_samples: int = opt(0, "Evaluate only the first N samples of the work list (0: all).")
-    protocol: Literal["pooled", "e2depth", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth/RAM-Net score MVSEC: truth capped at Dmax and rescaled per frame, sq_rel err^2/t^2) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
+    protocol: Literal["pooled", "e2depth", "ramnet", "hmnet"] = opt("pooled", "Scoring protocol: pooled (every valid pixel of the split weighs the same), e2depth (per-frame means as rpg_e2depth scores MVSEC: truth capped at Dmax and rescaled per frame, strict masks, sq_rel err^2/t^2), ramnet (as RAM-Net's evaluation.py: like e2depth, but truth only capped, never rescaled, and inclusive masks) or hmnet (per-frame means as HMNet: truth in [Dmax exp(-alpha), Dmax], sq_rel err^2/t). See resdepth/eval/metrics.py.")
     noise_baseline: bool = opt(True, "Also score the noise baseline: the regression mean plus Gaussian noise of the residual std the diffusion run measured, with as many members as the ensemble.")
     save_predictions: bool = opt(False, "Write pred-<unit>.tar shards with regression, ensemble mean and std per sample.")
     save_members: bool = opt(False, "Also store the ensemble members in the prediction shards.")
@@ -49,48 +25,14 @@ class EvalConfig(InferenceSettings):
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
-# Settings of evaluation and prediction alike that change no number: where and how fast it runs,
-# and the exports' paths (their content is in the identity)
-INFERENCE_NON_RESULT_KEYS = ("out", "batch", "sample_rows", "num_tasks", "task_id", "device", "threads",
-                             "regression", "diffusion")
 NON_RESULT_KEYS = INFERENCE_NON_RESULT_KEYS + ("num_workers", "save_predictions", "save_members", "data",
                                                "baseline")
 
 
-def result_hash(cfg: InferenceSettings, identity: Mapping[str, object],
-                ignore: tuple[str, ...] = NON_RESULT_KEYS) -> str:
-    """Hash of every setting that changes a number in a part, plus the inputs' identities.
-
-    ``identity`` names the exports and data by content (export steps, shard list), so that moving a
-    directory does not invalidate parts while swapping weights does.
-    """
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
-    d["identity"] = dict(identity)
-    text = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def resolve_tasks(cfg: InferenceSettings, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
-    """``(num_tasks, task_id)`` from the config, else the Slurm array variables, else ``(1, 0)``."""
-    num, tid = cfg.num_tasks, cfg.task_id
-    if num is None and "SLURM_ARRAY_TASK_COUNT" in environ:
-        num = int(environ["SLURM_ARRAY_TASK_COUNT"])
-    if tid is None and "SLURM_ARRAY_TASK_ID" in environ:
-        # Arrays may start anywhere (--array=5-9) and step (--array=0-20:4): index from min and step.
-        first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-        step = int(environ.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-        offset = int(environ["SLURM_ARRAY_TASK_ID"]) - first
-        if offset % step:
-            raise ConfigError(f"SLURM_ARRAY_TASK_ID={environ['SLURM_ARRAY_TASK_ID']} is not on the "
-                              f"array's grid (min {first}, step {step}); pass --num-tasks and "
-                              "--task-id explicitly")
-        tid = offset // step
-    num = 1 if num is None else num
-    tid = 0 if tid is None else tid
-    if num < 1 or not 0 <= tid < num:
-        raise ConfigError(f"task_id={tid} is not in [0, num_tasks={num}); with a Slurm array given as a "
-                          "list (--array=1,5,7) pass --num-tasks and --task-id explicitly")
-    return num, tid
+def result_hash(cfg: EvalConfig, identity: Mapping[str, object]) -> str:
+    """Hash of every evaluation setting that changes a number in a part, plus the inputs' identities
+    (``resdepth.infer.config.result_hash`` without evaluation's ``NON_RESULT_KEYS``)."""
+    return infer_config.result_hash(cfg, identity, NON_RESULT_KEYS)
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -105,26 +47,3 @@ def validate(cfg: EvalConfig) -> None:
     errors += inference_errors(cfg)
     if errors:
         raise ConfigError("invalid evaluation configuration:\n  " + "\n  ".join(errors))
-
-
-def inference_errors(cfg: InferenceSettings) -> list[str]:
-    """The problems of the settings evaluation and prediction share."""
-    errors = []
-    if not cfg.regression:
-        errors.append("regression: required (run directory, export directory or weights file)")
-    for name in ("ensemble", "steps", "batch", "unit_size"):
-        if getattr(cfg, name) < 1:
-            errors.append(f"{name}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.ensemble < 2 and cfg.diffusion:
-        errors.append("ensemble: at least 2 members are needed for the ensemble spread and CRPS")
-    if cfg.threads < 0:
-        errors.append(f"threads: must be >= 0, got {cfg.threads}")
-    if cfg.sample_rows < 0:
-        errors.append(f"sample_rows: must be >= 0, got {cfg.sample_rows}")
-    if cfg.patch < 0:
-        errors.append(f"patch: must be >= 0, got {cfg.patch}")
-    if cfg.patch and not 0 <= cfg.overlap < cfg.patch:
-        errors.append(f"overlap: must be in [0, patch={cfg.patch}), got {cfg.overlap}")
-    if cfg.boundary < 0:
-        errors.append(f"boundary: must be >= 0, got {cfg.boundary}")
-    return errors

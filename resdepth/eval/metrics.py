@@ -13,11 +13,14 @@ express (MVSEC: 80 m and 1.978 m):
   without a range: ``min_depth = 1e-3`` m, no upper bound). MSE, RMSE, RMSE-log, AbsRel, SqRel
   (``err^2 / t``), MAE and the deltas (strict ``<``) average over all valid pixels; RMSE is
   ``sqrt(pooled MSE)``.
-* ``e2depth``: rpg_e2depth ``evaluation.py`` (Hidalgo-Carrio et al. 2020), also RAM-Net's
-  ``RAM_Net/evaluation.py`` up to its inclusive masks: every metric per frame, then the mean over
-  frames. Truth capped at Dmax and rescaled so the frame's maximum is Dmax; pixels with
-  ``0 < t < Dmax`` and ``0 < pred < Dmax``; ``eps = 1e-5`` in ratios and logs; SqRel is
-  ``err^2 / t^2``; deltas count ``ratio <= 1.25^k``; RMSE is the mean of per-frame RMSEs.
+* ``e2depth``: rpg_e2depth ``evaluation.py`` (Hidalgo-Carrio et al. 2020): every metric per
+  frame, then the mean over frames. Truth capped at Dmax and rescaled so the frame's maximum is
+  Dmax; pixels with ``0 < t < Dmax`` and ``0 < pred < Dmax``; ``eps = 1e-5`` in ratios and logs;
+  SqRel is ``err^2 / t^2``; deltas count ``ratio <= 1.25^k``; RMSE is the mean of per-frame RMSEs.
+* ``ramnet``: RAM-Net's ``RAM_Net/evaluation.py`` (Gehrig et al. 2021): as ``e2depth`` but the
+  truth is only capped at Dmax, never rescaled to the frame's maximum, and the masks are
+  inclusive: pixels with ``0 < t <= Dmax`` and ``0 < pred <= Dmax``. The two differ on every
+  frame whose deepest valid pixel is nearer than Dmax, and on pixels at Dmax.
 * ``hmnet``: HMNet_pth ``experiments/depth/scripts/eval_depth.py`` (Hamaguchi et al. 2023): per
   frame, then the mean over frames; pixels with ``Dmin <= t <= Dmax`` (truth beyond Dmax left
   out, not capped), predictions clipped to [Dmin, Dmax]; SqRel ``err^2 / t``; SILog reported as
@@ -55,7 +58,9 @@ CUTOFF_METRICS = ("mae", "abs_rel", "rmse")
 EDGE_RATIO = 1.25  # a depth boundary: neighbouring true depths differ by more than 25 %
 
 
-PROTOCOLS = ("pooled", "e2depth", "hmnet")
+PROTOCOLS = ("pooled", "e2depth", "ramnet", "hmnet")
+# the rpg_e2depth family: eps in ratios and logs, SqRel err^2 / t^2, deltas ratio <= 1.25^k
+E2DEPTH_LIKE = ("e2depth", "ramnet")
 E2DEPTH_EPS = 1e-5  # rpg_e2depth evaluation.py adds it in the ratio, the logs and both relative errors
 
 
@@ -96,6 +101,8 @@ def prepare_truth(true: torch.Tensor, valid: torch.Tensor, protocol: str,
       truth is capped at Dmax (``np.clip(target, 0, clip_distance)``), then rescaled per frame so
       that its largest value is Dmax (``target / amax(target) * clip_distance``); pixels need
       ``0 < t < amax(t)`` (strict: pixels at the frame's maximum, e.g. capped ones, drop out).
+    * ramnet (RAM-Net ``evaluation.py``): the truth is capped at Dmax and not rescaled; pixels
+      need ``0 < t <= Dmax`` (inclusive: capped pixels count).
     * hmnet (HMNet_pth ``experiments/depth/scripts/eval_depth.py``, ``_evaluate``): the truth is
       not changed; pixels need ``min_depth <= t <= max_depth`` (their MVSEC script:
       ``MAX_DEPTH=80``, ``MIN_DEPTH=1.978`` = 80 exp(-3.7)).
@@ -109,6 +116,9 @@ def prepare_truth(true: torch.Tensor, valid: torch.Tensor, protocol: str,
         top = capped.amax(1, keepdim=True)
         t = torch.where(top > 0, capped / torch.where(top > 0, top, 1.0) * max_depth, 0.0)
         return t, valid & (t > 0) & (t < max_depth)
+    if protocol == "ramnet":
+        t = torch.where(valid, true.clamp(max=max_depth), 0.0)
+        return t, valid & (t > 0) & (t <= max_depth)
     return true, valid & (true >= min_depth) & (true <= max_depth)
 
 
@@ -122,17 +132,17 @@ def _clip_pred(pred: torch.Tensor, max_depth: Optional[float], min_depth: float)
 def _pixel_terms(pred: torch.Tensor, true: torch.Tensor, protocol: str) -> dict[str, torch.Tensor]:
     """Per-pixel error terms of ``protocol`` (placeholders where invalid are zeroed by the caller)."""
     err = pred - true
-    eps = E2DEPTH_EPS if protocol == "e2depth" else 0.0
+    eps = E2DEPTH_EPS if protocol in E2DEPTH_LIKE else 0.0
     d = (pred + eps).log() - (true + eps).log()
     ratio = torch.maximum(pred / (true + eps), true / (pred + eps))
     # sq_rel: err^2 / t^2 in rpg_e2depth (``abs_diff**2/(target**2+eps)``, also RAM-Net's
     # metric.squ_rel_diff), err^2 / t in HMNet and in the KITTI convention used for pooled
-    sq_rel = err ** 2 / (true ** 2 + eps) if protocol == "e2depth" else err ** 2 / true
+    sq_rel = err ** 2 / (true ** 2 + eps) if protocol in E2DEPTH_LIKE else err ** 2 / true
     terms = {"abs_rel": err.abs() / (true + eps), "sq_rel": sq_rel, "sq_err": err ** 2,
              "sq_log": d ** 2, "log_diff": d, "abs_err": err.abs()}
     for k in (1, 2, 3):
         # rpg_e2depth counts ratio <= 1.25^k, HMNet and pooled ratio < 1.25^k
-        hit = ratio <= 1.25 ** k if protocol == "e2depth" else ratio < 1.25 ** k
+        hit = ratio <= 1.25 ** k if protocol in E2DEPTH_LIKE else ratio < 1.25 ** k
         terms[f"delta{k}"] = hit.to(torch.float64)
     return terms
 
@@ -166,7 +176,7 @@ def depth_metric_sums(pred_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Te
                       protocol: str = "pooled") -> dict[str, torch.Tensor]:
     """Sums and counts of the point metrics of ``pred_m`` against ``true_m`` (metres, ``[N, 1, H, W]``).
 
-    ``protocol`` pooled sums over pixels; e2depth and hmnet sum per-frame values over frames
+    ``protocol`` pooled sums over pixels; e2depth, ramnet and hmnet sum per-frame values over frames
     (frames without a valid pixel are skipped and counted in ``frames_empty``).
     """
     _check_protocol(protocol, max_depth)
@@ -180,6 +190,8 @@ def depth_metric_sums(pred_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Te
     if protocol == "e2depth":
         # rpg_e2depth also drops pixels whose prediction is not in (0, amax(target)) = (0, Dmax)
         valid = valid & (pred > 0) & (pred < max_depth)
+    elif protocol == "ramnet":  # RAM-Net's inclusive mask (always true of clipped predictions)
+        valid = valid & (pred > 0) & (pred <= max_depth)
     true = torch.where(valid, true, 1.0)  # placeholders keep masked pixels finite; they are zeroed below
     pred = torch.where(valid, pred, 1.0)
     w = valid.to(torch.float64)

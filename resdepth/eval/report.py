@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from resdepth.eval.parts import preview_path
+from resdepth.infer.parts import preview_path
 from resdepth.utils.atomic import replacing
 
 log = logging.getLogger("resdepth")

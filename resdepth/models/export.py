@@ -1,5 +1,8 @@
 """Exported inference weights: ``model.safetensors`` (the U-Net's EMA weights, PhysicsNeMo names)
-beside ``model.json`` (architecture spec, depth normalisation, data shape, provenance).
+beside ``model.json`` (architecture spec, depth normalisation, provenance, and under ``data`` the
+net's input: grid shape ``bins``/``height``/``width``, ``voxel_norm``, and how the training shards
+made the grid from events, ``splat``/``window``/``window_ms``/``events_per_sample`` as
+their ``index.json`` params say; ``resdepth.data.netinput.input_spec`` builds it).
 
 This is all the evaluator ever reads: no optimiser, no pickle.
 """

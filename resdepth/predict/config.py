@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from resdepth.config.core import ConfigError, opt
-from resdepth.eval.config import INFERENCE_NON_RESULT_KEYS, InferenceSettings, inference_errors
+from resdepth.infer.config import INFERENCE_NON_RESULT_KEYS, InferenceSettings, inference_errors
 
 
 @dataclass

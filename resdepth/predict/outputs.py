@@ -14,9 +14,13 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import imageio.v2 as iio2
+import imageio.v3 as iio
 import numpy as np
 
+from resdepth.infer.parts import save_npy_atomic
 from resdepth.utils.atomic import replacing
+from resdepth.utils.viz import colorize_depth, colorize_events
 
 log = logging.getLogger("resdepth")
 
@@ -52,8 +56,6 @@ def to_png_depth(depth_m: np.ndarray, where: str = "") -> np.ndarray:
 
 def write_image(path: Path, image: np.ndarray) -> None:
     """A PNG written atomically (uint8 RGB or uint16 grey)."""
-    import imageio.v3 as iio
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         iio.imwrite(tmp, image, extension=".png")
@@ -61,8 +63,6 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
 def write_array(path: Path, array: np.ndarray, fmt: str) -> None:
     """``[H, W]`` metres as float32 ``.npy`` or 16-bit ``.png`` (``ENCODINGS``)."""
-    from resdepth.eval.parts import save_npy_atomic
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         save_npy_atomic(path, np.ascontiguousarray(array, dtype=np.float32))
@@ -73,8 +73,6 @@ def write_array(path: Path, array: np.ndarray, fmt: str) -> None:
 def preview_image(events: np.ndarray, depth: np.ndarray, std: Optional[np.ndarray],
                   depth_range: tuple[float, float]) -> np.ndarray:
     """Events | depth | std (when given) side by side, uint8 RGB."""
-    from resdepth.utils.viz import colorize_depth, colorize_events
-
     lo, hi = depth_range
     panels = [colorize_events(events),
               colorize_depth(depth, vmin=lo, vmax=hi)]
@@ -139,9 +137,6 @@ def _even(img: np.ndarray) -> np.ndarray:
 
 
 def _write_mp4(path: Path, frames: list[Path], fps: float) -> Path:
-    import imageio.v2 as iio2
-    import imageio.v3 as iio
-
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # ffmpeg reads the suffix
     try:
         writer = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
@@ -159,8 +154,6 @@ def _write_mp4(path: Path, frames: list[Path], fps: float) -> Path:
 
 
 def _write_gif(path: Path, frames: list[Path], fps: float, max_frames: int = 600) -> Path:
-    import imageio.v3 as iio
-
     step = max(1, -(-len(frames) // max_frames))  # a long recording: every step-th window
     images = [iio.imread(f) for f in frames[::step]]
     with replacing(path) as tmp:

@@ -1,9 +1,9 @@
 """``main(cfg)``: predict depth for this process's share of a recording's windows; ``merge(out)``:
 ``frames.csv`` and the preview video once every window is done.
 
-The machinery is evaluation's: its nets and sampler (``resdepth.eval.predict``), its fixed work
-units split between array tasks and ranks (``resdepth.eval.work``), its part files written last
-(``resdepth.eval.parts``) and its progress bar. A unit is a range of windows; its part holds the
+The machinery is shared with evaluation (``resdepth.infer``): the nets and the sampler call, the
+fixed work units split between array tasks and ranks, the part files written last, the progress
+bar and the process frame. A unit is a range of windows; its part holds the
 windows' ``frames.csv`` rows. Every window has its own key, hence its own sampler seeds, so the
 outputs do not depend on the number of processes.
 """
@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from resdepth import dist
-from resdepth.eval import parts as P
-from resdepth.eval.config import result_hash
-from resdepth.eval.predict import Nets, load_nets, make_patching, predict, resolve_device
-from resdepth.eval.progress import EvalProgress
-from resdepth.eval.reader import prefetch
-from resdepth.eval.run import batches, process_units, run_work_list
-from resdepth.eval.work import Unit, make_units
+from resdepth.infer import parts as P
+from resdepth.infer.batching import batches, prefetch
+from resdepth.infer.config import result_hash
+from resdepth.infer.frame import Frame, Share, process_frame, running
+from resdepth.infer.nets import Nets, frame_problem, load_nets, make_patching, resolve_device
+from resdepth.infer.progress import Progress
+from resdepth.infer.sampler import predict
+from resdepth.infer.work import Unit, make_units
 from resdepth.predict import outputs
 from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
 from resdepth.predict.windows import Windows, open_recording
@@ -52,7 +53,16 @@ class Context:
 def main(cfg: PredictConfig) -> int:
     """Predict this process's units; the process that completes the work list merges. 0 when done."""
     validate(cfg)
-    return run_work_list(cfg, run)
+    with process_frame(cfg) as frame:
+        ctx, units, plan = prepare(cfg, frame.out)
+        share = Share.of(units, frame)
+        todo = [u for u in share.mine if not unit_done(ctx, u)]
+        with running(frame.out, share, todo, ("predict", "predicted"), "windows", "predict") as progress:
+            for unit in todo:
+                predict_unit(ctx, unit, progress)
+                progress.unit_finished(unit.name)
+        finish(frame, plan, len(ctx.windows))
+    return 0
 
 
 def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
@@ -60,12 +70,44 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
     the nets pad to their multiple and crop back)."""
     bins, h, w = nets.data_shape
     stream = open_recording(cfg)
-    splat = cfg.splat or str(nets.regression_meta["data"].get("splat", "round"))
+    splat = choose_splat(cfg, nets.regression_meta["data"])
+    check_window(cfg, nets.regression_meta["data"])
+    problem = frame_problem(nets, (stream.height, stream.width))
+    if problem:
+        raise ValueError(f"{cfg.events}: {problem}")
     if (stream.height, stream.width) != (h, w):
         log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)
     return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, nets.voxel_norm,
                    cfg.max_windows)
+
+
+def choose_splat(cfg: PredictConfig, trained: dict) -> str:
+    """The voxel splat of rectified events: ``--splat``, else the one the training shards were
+    packed with (the export records it), else ``round``; a difference or a guess is logged."""
+    recorded = trained.get("splat")
+    if cfg.splat and recorded and cfg.splat != recorded:
+        log.warning("--splat %s: the nets learnt from shards voxelised with splat=%s; their "
+                    "predictions on %s-splatted windows may be worse", cfg.splat, recorded, cfg.splat)
+    if not cfg.splat and not recorded:
+        log.warning("the export does not record a splat (its training shards were synthetic, or "
+                    "it was exported by an older resdepth): voxelising with round; pass --splat "
+                    "bilinear if the shards were packed so")
+    return cfg.splat or recorded or "round"
+
+
+def check_window(cfg: PredictConfig, trained: dict) -> None:
+    """Log where the windows differ from those the training shards were packed with."""
+    mode = trained.get("window")
+    if mode == "ms" and cfg.window_ms != trained.get("window_ms"):
+        asked = f"{cfg.window_ms:g} ms" if cfg.window_ms else f"{cfg.window_events} events"
+        log.warning("windows of %s: the nets learnt from %g ms windows (--window-ms %g)", asked,
+                    trained["window_ms"], trained["window_ms"])
+    elif mode == "count" and cfg.window_events != trained.get("events_per_sample"):
+        asked = f"{cfg.window_ms:g} ms" if cfg.window_ms else f"{cfg.window_events} events"
+        log.warning("windows of %s: the nets learnt from windows of %d events "
+                    "(--window-events %d)", asked, trained["events_per_sample"],
+                    trained["events_per_sample"])
 
 
 def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit],
@@ -82,7 +124,8 @@ def make_plan(cfg: PredictConfig, nets: Nets, windows: Windows, units: list[Unit
             "units": [u.to_dict() for u in units]}
 
 
-def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
+def prepare(cfg: PredictConfig, out: Path) -> tuple[Context, list[Unit], dict]:
+    """Nets, windows, work list and plan (written by rank 0): what this process's units need."""
     device = resolve_device(cfg)
     nets = load_nets(cfg, device)
     windows = make_windows(cfg, nets)
@@ -102,15 +145,19 @@ def run(cfg: PredictConfig, out: Path, num_tasks: int, task_id: int) -> None:
     lo, hi = nets.norm.valid_range_m()
     ctx = Context(cfg, out, nets, make_patching(cfg, nets, frame), windows, plan["hash"], device,
                   (max(lo, 1e-3), hi if np.isfinite(hi) else nets.norm.max_depth))
-    process_units(ctx, units, num_tasks, task_id, unit_done, predict_unit, ("predict", "predicted"),
-                  "windows", "predict")
-    if dist.is_main():
-        if P.missing_units(out, plan):
-            log.info("task %d finished; other tasks' windows are still missing: the last task to "
-                     "finish (or `resdepth-predict merge %s`) writes frames.csv", task_id, out)
-        else:
-            merge(out)
-            dist.print0(f"{len(windows)} windows -> {out}")
+    return ctx, units, plan
+
+
+def finish(frame: Frame, plan: dict, num_windows: int) -> None:
+    """Rank 0 writes frames.csv and the video when every unit has its outputs, else says who will."""
+    if not dist.is_main():
+        return
+    if P.missing_units(frame.out, plan):
+        log.info("task %d finished; other tasks' windows are still missing: the last task to "
+                 "finish (or `resdepth-predict merge %s`) writes frames.csv", frame.task_id, frame.out)
+    else:
+        merge(frame.out)
+        dist.print0(f"{num_windows} windows -> {frame.out}")
 
 
 PART_KEYS = ("hash", "num_samples", "windows")
@@ -125,6 +172,7 @@ def read_part(out: Path, unit_name: str) -> Optional[dict]:
 
 
 def unit_done(ctx: Context, unit: Unit) -> bool:
+    """A unit is done when its part exists (written after its windows' files)."""
     part = read_part(ctx.out, unit.name)
     if part is None:
         return False
@@ -133,7 +181,7 @@ def unit_done(ctx: Context, unit: Unit) -> bool:
     return True
 
 
-def predict_unit(ctx: Context, unit: Unit, progress: EvalProgress) -> dict:
+def predict_unit(ctx: Context, unit: Unit, progress: Progress) -> dict:
     """Predict every window of ``unit``, write its files, then (last) its part."""
     cfg = ctx.cfg
     rows: list[dict] = []

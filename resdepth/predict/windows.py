@@ -15,9 +15,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from resdepth.data.sources import EventStream, open_events, safe_key
+from resdepth.data.netinput import net_input
+from resdepth.data.sources import EventStream, detect_format, open_events, safe_key
 from resdepth.data.sources.base import RectifyMapMissing, open_h5
-from resdepth.data.voxel import apply_voxel_norm, events_to_voxel
+from resdepth.data.voxel import events_to_voxel
 
 log = logging.getLogger("resdepth")
 
@@ -33,39 +34,13 @@ class Window:
     events: np.ndarray  # [B, H, W] float32, the nets' condition
 
 
-def detect_format(path: str | Path) -> str:
-    """The reader of ``path`` from its name, and for HDF5 files from their top-level groups."""
-    from resdepth.data.sources import EVENT_ONLY_FORMATS, FORMATS
-
-    formats = ", ".join(FORMATS + EVENT_ONLY_FORMATS)
-    p = Path(path)
-    name = p.name.lower()
-    by_suffix = {".npz": "npz", ".raw": "evt", ".aedat4": "aedat4"}
-    if p.suffix.lower() in by_suffix:
-        return by_suffix[p.suffix.lower()]
-    if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
-        with open_h5(p) as f:  # a damaged file: one line naming it
-            groups = set(f.keys())
-        for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
-            if group in groups and fmt_name in FORMATS:
-                return fmt_name
-        raise ValueError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
-                         f"recording layout; pass --format (one of {formats})")
-    if name.endswith("_data.hdf5"):
-        return "mvsec"
-    raise ValueError(f"{path}: cannot tell the recording format from its name; pass --format "
-                     f"(one of {formats})")
-
-
 def load_rectify_map(path: str | Path) -> np.ndarray:
     """A rectification map ``[H, W, 2]``: ``.npy``, or HDF5 with a ``rectify_map`` dataset (DSEC)."""
     p = Path(path)
     if p.suffix.lower() == ".npy":
         m = np.load(p, allow_pickle=False)
     else:
-        import h5py
-
-        with h5py.File(p, "r") as f:
+        with open_h5(p) as f:
             if "rectify_map" not in f:
                 raise ValueError(f"{path}: no 'rectify_map' dataset")
             m = f["rectify_map"][()]
@@ -99,7 +74,7 @@ def open_recording(cfg: Any) -> EventStream:
 
 class Windows:
     """The windows of ``stream`` voxelised to ``bins`` with ``splat``, then ``voxel_norm``
-    (``resdepth.data.voxel.apply_voxel_norm``, as the loader and evaluation apply it)."""
+    (``resdepth.data.netinput.net_input``, as training and evaluation prepare a net's input)."""
 
     def __init__(self, stream: EventStream, window_ms: float, window_events: int, bins: int,
                  splat: str = "round", voxel_norm: str = "none", max_windows: int = 0) -> None:
@@ -141,9 +116,8 @@ class Windows:
             t1 = float(s.events(i1, i1 + 1).t[0]) if i1 < len(s) else float(ev.t[-1])
         grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, s.height, s.width, t0, t1,
                                splat=self.splat)
-        # The nets learnt from shards, which store the grid in float16; the loader normalises
-        # after reading it. Doing the same here gives them exactly the inputs evaluation gives.
-        grid = apply_voxel_norm(grid.astype(np.float16).astype(np.float32), self.voxel_norm)
+        # the nets' input exactly as training and evaluation make it from a shard's grid
+        grid = net_input(grid, self.voxel_norm)
         return Window(k, self.key(k), float(t0), float(t1), int(len(ev.t)), grid)
 
     def iter(self, start: int, stop: int) -> Iterator[Window]:

@@ -24,6 +24,7 @@ from resdepth import dist
 from resdepth.config import config_hash, to_yaml
 from resdepth.config.schema import Config
 from resdepth.data.loader import finish_batch
+from resdepth.data.netinput import input_spec
 from resdepth.models.build import arch_spec, build_net
 from resdepth.train.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
 from resdepth.train.engine import StepResult, autocast_ctx, configure_backends, make_engine
@@ -292,9 +293,10 @@ class Trainer:
         return {"sigma_data": d.sigma_data, **self.residual_scale}
 
     def data_meta(self) -> dict[str, Any]:
-        """The input a net of this run expects: voxel grid shape and event normalisation."""
+        """The input a net of this run expects: voxel grid shape, how the grid was made from
+        events (the training split's ``index.json`` params) and event normalisation."""
         return {"bins": self.bins, "height": self.height, "width": self.width,
-                "voxel_norm": self.cfg.data.voxel_norm}
+                **input_spec(self.index, self.cfg.data.voxel_norm)}
 
     @torch.no_grad()
     def dry_forward(self, images: int = 2) -> list[str]:

@@ -77,3 +77,18 @@ def test_index_contents(synth_root):
     assert 0 < s["min"] <= s["p2"] <= s["mean"] <= s["p98"] <= s["max"] <= 80
     for e in index["shards"]:
         assert fmt.sha256_file(synth_root / "train" / e["name"]) == e["sha256"]
+
+
+def test_voxel_grids_are_normalised_in_one_place():
+    """``events_to_voxel`` makes the grid as shards store it; normalisation is the net input's
+    (``resdepth.data.netinput.net_input``), so the voxeliser has no second switch for it."""
+    import inspect
+
+    from resdepth.data.netinput import net_input
+
+    assert "normalize" not in inspect.signature(events_to_voxel).parameters
+    g = events_to_voxel(np.array([0, 1, 2]), np.array([0, 1, 0]), np.array([0.0, 0.5, 1.0]),
+                        np.array([1, -1, 1]), bins=2, height=2, width=3)
+    want = normalize_voxel(g.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(net_input(g, "nonzero"), want)
+    assert net_input(g, "none").dtype == np.float32

@@ -10,7 +10,8 @@ from resdepth.diffusion import sampler
 from resdepth.diffusion.config import DiffusionConfig
 from resdepth.models.precond import EDMResidualNet, RegressionNet
 from resdepth.eval.config import EvalConfig
-from resdepth.eval.predict import Nets, noise_baseline, predict
+from resdepth.infer.nets import Nets
+from resdepth.infer.sampler import noise_baseline, predict
 from resdepth.train.stage import predict_panels
 from tests.diffusion.toys import PointUNet
 

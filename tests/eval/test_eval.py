@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resdepth.eval import merge, parse_args
-from resdepth.eval.parts import IncompleteEvaluation
+from resdepth.eval.merge import IncompleteEvaluation
 from tests.eval.runner import (TEST_SHARD_SIZES, assert_metrics_close, eval_args, make_exports,
                                metrics, run_eval)
 
@@ -156,7 +156,7 @@ def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
     from resdepth.data.format import shard_paths
     from resdepth.data.norm import DepthNorm
     from resdepth.eval.metrics import add_sums, finalize
-    from resdepth.eval.run import PREDICTORS, score_batch
+    from resdepth.eval.scoring import PREDICTORS, score_batch
 
     preds = {}
     for p in sorted((reference / "predictions").glob("pred-*.tar")):

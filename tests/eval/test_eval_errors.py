@@ -39,7 +39,7 @@ def test_stale_index_count_fails(small, exports, tmp_path):
         return index
 
     _edit_index(small / "test", stale)
-    with pytest.raises(fmt.DataError, match=r"shard-000000.tar: holds more samples than the 2 its "
+    with pytest.raises(fmt.DataError, match=r"shard-000000.tar: holds more samples than the 2 "
                                             r"index.json counts"):
         main(reg_only(exports, small / "test", tmp_path / "ev"))
 
@@ -79,9 +79,9 @@ def test_baseline_split_is_part_of_the_settings(small, exports, tmp_path):
 
 
 def test_noise_device_is_part_of_the_settings(small, exports):
-    from resdepth.eval.predict import load_nets
+    from resdepth.infer.nets import load_nets
     from resdepth.eval.run import make_plan
-    from resdepth.eval.work import make_units, split_shards
+    from resdepth.infer.work import make_units, split_shards
 
     shards, index = split_shards(str(small / "test"))
     units = make_units(shards, 3)
@@ -188,3 +188,14 @@ def test_metrics_of_a_split_without_valid_pixel_are_strict_json(exports, tmp_pat
     mon.stats(1, {"loss": 0.5, "grad_norm": float("nan")})
     line = _strict((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
     assert line["grad_norm"] is None and line["loss"] == 0.5
+
+
+def test_idle_workers_are_named_in_one_line(small, exports, tmp_path):
+    """5 samples in units of 3 make 2 units; 3 array tasks leave one without work: the log says
+    so, with the unit size that would give every task a unit (units of 2: 3 units)."""
+    proc = run_eval(eval_args(exports, small / "test", tmp_path / "ev", "--baseline", "none",
+                              "--num-tasks", "3", "--task-id", "0", diffusion=False))
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if "no work" in line]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].endswith("the work list has 2 units for 3 workers (3 array tasks x 1 processes): "
+                             "1 will have no work; --unit-size 2 gives every worker a unit")

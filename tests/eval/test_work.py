@@ -2,8 +2,9 @@
 import pytest
 
 from resdepth.config.core import ConfigError
-from resdepth.eval.config import EvalConfig, resolve_tasks
-from resdepth.eval.work import make_units, task_units, worker_units
+from resdepth.eval.config import EvalConfig
+from resdepth.infer.config import resolve_tasks
+from resdepth.infer.work import make_units, task_units, worker_units
 
 SHARDS = [(f"/d/shard-{i:06d}.tar", n) for i, n in enumerate([5, 3, 8, 1, 6, 2, 4])]
 

@@ -4,6 +4,7 @@ resume by units, and every reader (MVSEC HDF5, npz, Prophesee EVT3, AEDAT4) thro
 from __future__ import annotations
 
 import csv
+import json
 import io
 import shutil
 import tarfile
@@ -293,7 +294,8 @@ def test_errors_are_one_line(exports, tmp_path, capsys):
 def test_dataset_files_are_recognised_and_windowed(dataset, tmp_path):
     """DSEC events.h5 (rectified with its rectify_map.h5) and M3ED _data.h5 open by file name."""
     from resdepth.predict.config import PredictConfig
-    from resdepth.predict.windows import Windows, detect_format, open_recording
+    from resdepth.data.sources import detect_format
+    from resdepth.predict.windows import Windows, open_recording
     from tests.data.sources import fakes
 
     if dataset == "dsec":
@@ -449,3 +451,45 @@ def test_ctrl_c_keeps_finished_units_in_one_line(exports, tmp_path, capsys, monk
         assert e.value.code == 0
     assert tree(tmp_path / "o", ("depth",)) == tree(tmp_path / "ref", ("depth",))
     assert frames(tmp_path / "o") == frames(tmp_path / "ref")
+
+
+def test_positional_grid_net_trained_on_whole_frames_refuses_another_size_at_start(tmp_path):
+    """A SongUNetPosEmbd net trained on whole 30 x 46 frames cannot run on 20 x 30 frames (its grid
+    is built for the padded training frame): refused before any work, saying what works."""
+    model = dict(TINY3, arch="SongUNetPosEmbd", regression_arch="SongUNetPosEmbd")
+    exports = make_exports(tmp_path / "exports", size=(H, W), model=model, bins=BINS)
+    h, w = 20, 30
+    x, y, t, p = random_events(3000, seed=9, h=h, w=w)
+    np.savez(tmp_path / "rec.npz", x=x, y=y, t=t, p=p, height=h, width=w)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        main(parse_args(predict_args(exports, tmp_path / "rec.npz", out, "--window-events", "1000",
+                                     "--video", "none")))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'rec.npz'}: the regression net has a positional grid")
+    assert "20x30" in message and "trained on patches" in message and "training size (30x46)" in message
+    assert not (out / "parts").exists()  # refused before the work list was written
+
+
+def test_export_records_the_voxelisation_and_prediction_follows_it(mvsec, tmp_path):
+    """Shards packed with splat=bilinear and 62.5 ms windows: the trained net's export records
+    both, prediction voxelises with bilinear unasked, and other windows are named in a warning."""
+    from tests.train.runner import TINY, train
+
+    src = tmp_path / "mvsec"
+    shutil.copytree(mvsec.parent, src)
+    write_mvsec_depth(src, "outdoor_day1", window_ends())
+    run_command([*_py(), "-m", "shards_tools.cli", "pack", "--format", "mvsec", "--src", str(src),
+                 "--sequence", "outdoor_day1", "--out", str(tmp_path / "shards" / "train"),
+                 "--window-ms", str(DUR_MS), "--bins", str(BINS), "--splat", "bilinear"])
+    run = tmp_path / "reg"
+    train(["experiment=baseline_regression", f"run.dir={run}", f"data.root={tmp_path / 'shards'}",
+           *TINY, "trainer.max_steps=1", "data.voxel_norm=nonzero"])
+    data = json.loads((run / "export" / "model.json").read_text())["data"]
+    assert data["splat"] == "bilinear" and data["window"] == "ms" and data["window_ms"] == DUR_MS
+    assert data["bins"] == BINS and data["voxel_norm"] == "nonzero"
+    out = tmp_path / "pred"
+    proc = run_module("resdepth.predict", ["--regression", str(run), "--events", str(mvsec),
+                                           "--out", str(out), "--window-ms", "50", *FAST])
+    assert json.loads((out / "plan.json").read_text())["splat"] == "bilinear"
+    assert "windows of 50 ms: the nets learnt from 62.5 ms windows" in proc.stderr + proc.stdout

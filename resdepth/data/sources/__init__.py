@@ -16,24 +16,49 @@ returns a random-access, picklable source for ``resdepth.data.writer.write_split
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional, Sequence
 
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import (ConcatSource, DepthFrames, Events, EventStream,
                                         LabelledSource, Record, Window, check_same_size,
-                                        safe_key)
+                                        open_h5, safe_key)
 from resdepth.data.sources.npz import NpzSource
 from resdepth.data.sources.shards import TarSource
 from resdepth.data.sources.synth import SynthSource
 
 __all__ = ["EVENT_ONLY_FORMATS", "FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream",
            "LabelledSource", "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
-           "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
+           "detect_format", "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
 
 FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")
 # Camera files with events only (decoded by faery): readable as event streams, nothing to pack.
 EVENT_ONLY_FORMATS = ("evt", "aedat4")
+
+
+def detect_format(path: str | Path) -> str:
+    """The reader of a recording file ``path``: from its suffix, and for HDF5 files from their
+    top-level groups (``davis``: MVSEC, ``events``: DSEC, ``prophesee``: M3ED); ``resdepth-shards
+    pack`` and ``resdepth-predict`` both call this. Raises ``ValueError`` naming ``--format``."""
+    formats = ", ".join(FORMATS + EVENT_ONLY_FORMATS)
+    p = Path(path)
+    name = p.name.lower()
+    by_suffix = {".npz": "npz", ".raw": "evt", ".aedat4": "aedat4"}
+    if p.suffix.lower() in by_suffix:
+        return by_suffix[p.suffix.lower()]
+    if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
+        with open_h5(p) as f:
+            groups = set(f.keys())
+        for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
+            if group in groups and fmt_name in FORMATS:
+                return fmt_name
+        raise ValueError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
+                         f"recording layout; pass --format (one of {formats})")
+    if name.endswith("_data.hdf5"):
+        return "mvsec"
+    raise ValueError(f"{path}: cannot tell the recording format from its name; pass --format "
+                     f"(one of {formats})")
 
 
 def reader(format: str) -> ModuleType:

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from resdepth.data import format as fmt
+from resdepth.data.loader import count_samples, split_urls
+
 log = logging.getLogger("resdepth")
 
 
@@ -89,14 +92,10 @@ def task_units(units: list[Unit], num_tasks: int, task_id: int, world: int) -> l
 
 def split_shards(data: str) -> tuple[list[tuple[str, Optional[int]]], Optional[dict]]:
     """``(url, count)`` of every shard of a split directory (counts from its index) or of URLs."""
-    from resdepth.data import format as fmt
-
     p = Path(data)
     if p.is_dir():
         index = fmt.read_index(p)
         return [(str(p / name), int(n)) for name, n in index_shard_counts(index)], index
-    from resdepth.data.loader import count_samples, split_urls
-
     out: list[tuple[str, Optional[int]]] = []
     for url in split_urls(data, None):
         local = not url.startswith("pipe:") and "://" not in url

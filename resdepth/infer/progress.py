@@ -9,14 +9,18 @@ import logging
 import time
 from pathlib import Path
 
-from resdepth.eval.parts import done_samples
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from resdepth.infer.parts import done_samples, missing_units
 
 log = logging.getLogger("resdepth")
 
 STALL_S = 1800.0  # stop waiting for parts this long after the last one appeared (then: barrier)
 
 
-class EvalProgress:
+class Progress:
     """Samples done in this task's units (all ranks), plus those of rank 0's unit in flight."""
 
     def __init__(self, out: Path, units: list[dict], enabled: bool, label: str = "eval",
@@ -34,14 +38,9 @@ class EvalProgress:
             return
         self.done = done_samples(self.out, self.plan)
         self.done_at_start = self.done
-        from rich.console import Console
-
         console = Console(stderr=True)
         if console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Bar(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn(noun), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), console=console)
             self.task = self.bar.add_task(label, total=self.total, completed=self.done)
@@ -63,9 +62,12 @@ class EvalProgress:
     def refresh(self) -> None:
         self.done = done_samples(self.out, self.plan)
 
-    def all_done(self) -> bool:
-        from resdepth.eval.parts import missing_units
+    def unit_finished(self, name: str) -> None:
+        """Log that this rank finished unit ``name`` and move the bar."""
+        log.info("unit %s done", name)
+        self.update()
 
+    def all_done(self) -> bool:
         return not missing_units(self.out, self.plan)
 
     def wait_for_others(self, poll_s: float = 0.5) -> None:

@@ -1,0 +1,87 @@
+"""The metric sums of a batch: every predictor under the configured protocol, per split and per
+sequence, kept on the device until the unit ends."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from resdepth.eval.metrics import add_sums, depth_metric_sums, ensemble_metric_sums, sharpness_sums
+
+
+def fold(sums: dict, name: str, new: dict) -> None:
+    """Fold one batch's float64 sums into the unit's; they stay 0-dim tensors on the device (no host
+    sync per batch) until ``to_floats`` at the end of the unit."""
+    sums[name] = add_sums(sums[name], new) if name in sums else dict(new)
+
+
+def to_floats(sums: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The unit's sums as python floats (exact in JSON): one device-to-host copy per unit."""
+    names = [(name, k) for name, d in sums.items() for k in d]
+    values = [torch.as_tensor(sums[name][k], dtype=torch.float64) for name, k in names]
+    host = torch.stack([v.to(values[0].device) for v in values]).cpu().tolist() if values else []
+    out: dict[str, dict[str, float]] = {name: {} for name in sums}
+    for (name, k), v in zip(names, host):
+        out[name][k] = v
+    return out
+
+
+SEQ_PREFIX = "seq/"
+SAVED = ("regression", "mean", "median", "std", "members")
+# predictors in the order of metrics.json and the report
+PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
+              "diffusion_member")
+
+
+def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, dict]:
+    """The metric sums of every predictor in ``pred`` under the configured protocol.
+
+    Point predictors get the protocol's depth metrics, the CRPS of a point forecast (its MAE) and
+    sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
+    sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
+    ``diffusion_member`` the first member alone.
+    """
+    rng = {"protocol": ctx.cfg.protocol, "max_depth": ctx.depth_range[1],
+           "min_depth": ctx.depth_range[0]}
+
+    def point(x: torch.Tensor) -> dict:
+        return {**depth_metric_sums(x, depth, mask, **rng),
+                **ensemble_metric_sums(x[:, None], depth, mask, **rng),
+                **sharpness_sums(x[:, None], depth, mask, rng["max_depth"])}
+
+    def ensemble(x: torch.Tensor) -> dict:
+        return {**ensemble_metric_sums(x, depth, mask, **rng),
+                **sharpness_sums(x, depth, mask, rng["max_depth"])}
+
+    out = {"regression": point(pred["regression"])}
+    if "members" in pred:
+        out["diffusion"] = {**depth_metric_sums(pred["mean"], depth, mask, **rng),
+                            **ensemble(pred["members"])}
+        out["diffusion_median"] = depth_metric_sums(pred["median"], depth, mask, **rng)
+        out["diffusion_member"] = point(pred["members"][:, 0])
+    if "noise_members" in pred:
+        out["noise_baseline"] = ensemble(pred["noise_members"])
+    if ctx.baseline is not None:
+        out["baseline"] = point(ctx.baseline.expand_as(depth))
+    return out
+
+
+def score_by_sequence(ctx: Any, sums: dict, pred: dict[str, torch.Tensor], depth: torch.Tensor,
+                      mask: torch.Tensor, sequences: list[Optional[str]]) -> None:
+    """Score a batch once per sequence in it and fold each group's sums into the split's and into
+    its sequence's (samples without a sequence: the split's only). Sums add, so the split's are
+    those of the whole batch."""
+    groups: dict[Optional[str], list[int]] = {}
+    for i, seq in enumerate(sequences):
+        groups.setdefault(seq, []).append(i)
+    for seq, rows in groups.items():
+        if len(rows) == len(sequences):
+            part, d, m = pred, depth, mask
+        else:
+            idx = torch.tensor(rows, device=depth.device)
+            part, d, m = {k: v[idx] for k, v in pred.items()}, depth[idx], mask[idx]
+        for name, new in score_batch(ctx, part, d, m).items():
+            fold(sums, name, new)
+            if seq is not None:
+                fold(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
