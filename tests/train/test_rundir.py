@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from resdepth.train.signals import REQUEUE_EXIT_CODE
-from tests.train.runner import TINY, child_env, stats, train
+from tests.train.runner import FAULTS, TINY, child_env, stats, train
 
 
 def args(root: Path, run: Path, *extra: str) -> list[str]:
@@ -35,8 +35,9 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def start(tiny_shards: Path, run: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "resdepth.train", *args(tiny_shards, run, *extra)],
+def start(tiny_shards: Path, run: Path, *extra: str, env: dict | None = None,
+          module: str = "resdepth.train") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args(tiny_shards, run, *extra)],
                             env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -137,7 +138,7 @@ def test_ctrl_c_saves_and_exits_3_a_second_one_aborts(tiny_shards, tmp_path):
     assert (Path(marker["checkpoint"]) / "meta.json").is_file()
     # Restart, and press Ctrl-C twice while the checkpoint is being written (slowed down).
     proc = start(tiny_shards, run, "trainer.max_steps=100000", "trainer.ckpt_every_steps=0",
-                 env=child_env(RESDEPTH_FAULT_CKPT_DELAY="0:120"))
+                 env=child_env(FAULT_CKPT_DELAY="0:120"), module=FAULTS)
     wait_for(lambda: not (run / "stopped.json").exists(), proc, "the marker removed at start")
     lines = len((run / "stats.jsonl").read_text().splitlines())
     wait_for(lambda: len((run / "stats.jsonl").read_text().splitlines()) > lines, proc, "more steps")
