@@ -4,7 +4,9 @@ patching the trainer (the library holds no test hooks). Set in the child's envir
 - ``FAULT_SIGNAL_AT_STEP=N``: rank 0 sends itself SIGUSR2 right after step N (as Slurm's
   submitit signals rank 0 only);
 - ``FAULT_CKPT_DELAY=STEP:SECONDS``: from checkpoint STEP on, sleep between writing the rank
-  files and committing the checkpoint, so that a test can kill the process in the middle.
+  files and committing the checkpoint, so that a test can kill the process in the middle;
+- ``FAULT_NO_RESIDUAL_MEASURE=1``: measuring stage 2's residual std fails (a resumed run must
+  take it from its checkpoint).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 import time
 
 from resdepth import dist
+from resdepth.train import stage
 from resdepth.train.__main__ import cli
 from resdepth.train.checkpoint import Checkpointer
 from resdepth.train.loop import Trainer
@@ -43,7 +46,16 @@ def slow_checkpoint_commit(from_step: int, seconds: float) -> None:
     Checkpointer._write_rank_files = staticmethod(write_rank_files)
 
 
+def forbid_residual_measurement() -> None:
+    def measure(*args, **kwargs):
+        raise AssertionError("the residual std was measured again")
+
+    stage.measure_residual_std = measure
+
+
 if __name__ == "__main__":
+    if os.environ.get("FAULT_NO_RESIDUAL_MEASURE"):
+        forbid_residual_measurement()
     if os.environ.get("FAULT_SIGNAL_AT_STEP"):
         signal_after_step(int(os.environ["FAULT_SIGNAL_AT_STEP"]))
     if os.environ.get("FAULT_CKPT_DELAY"):

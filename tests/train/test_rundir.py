@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resdepth.train.signals import REQUEUE_EXIT_CODE
 from tests.train.runner import FAULTS, TINY, child_env, stats, train
@@ -195,3 +196,20 @@ def test_two_rank_job_on_a_locked_run_dir_stops_on_every_rank(tiny_shards, tmp_p
     assert f"is in use by another trainer: pid {os.getpid()} on host {socket.gethostname()}, Slurm job 4242" in out
     assert "rank 0 could not claim run.dir" in out  # rank 1 stops too, without waiting for a timeout
     assert not (run / "checkpoints").exists()
+
+
+def test_resume_compares_the_saved_learning_rate_with_the_schedule(tiny_shards, ten_steps, tmp_path):
+    # The checkpoint records the rate its next step had; the cosine spanned max_steps=10.
+    saved = torch.load(ten_steps / "checkpoints/step-0000005/train_state.pt", weights_only=True)
+    assert saved["lr_schedule"]["step"] == 5
+    same = copy_run(ten_steps, tmp_path / "same")
+    shutil.rmtree(same / "checkpoints/step-0000010")
+    train(args(tiny_shards, same, "trainer.max_steps=12", "trainer.schedule_steps=10"))
+    assert "learning-rate schedule changed" not in (same / "log-rank0.txt").read_text()
+    longer = copy_run(ten_steps, tmp_path / "longer")
+    shutil.rmtree(longer / "checkpoints/step-0000010")
+    train(args(tiny_shards, longer, "trainer.max_steps=12"))
+    log = (longer / "log-rank0.txt").read_text()
+    lr = saved["lr_schedule"]["lr"]
+    assert (f"step-0000005: the learning-rate schedule changed: step 5 had lr {lr:.6g} when saved"
+            in log), log[-3000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resdepth.config import load_config
@@ -182,3 +184,51 @@ def test_dry_run_and_clear_errors(tiny_shards, tmp_path):
     assert "nowhere" in missing.stderr
     half = train(args(tiny_shards, tmp_path / "y"), env=child_env(RANK="0"), check=False)
     assert half.returncode == 1 and "half-set torch.distributed environment" in half.stderr
+
+
+@pytest.fixture(scope="module")
+def stage2_run(tiny_shards, regression_run, tmp_path_factory) -> Path:
+    """Two steps of stage 2 with a checkpoint at step 2 (tests work on copies)."""
+    run = tmp_path_factory.mktemp("stage2") / "run"
+    train(["experiment=baseline_diffusion", f"data.root={tiny_shards}", f"run.dir={run}", *TINY,
+           f"model.regression_ckpt={regression_run}", "diffusion.num_steps=4",
+           "trainer.max_steps=2", "trainer.ckpt_every_steps=2"])
+    return run
+
+
+def test_stage2_config_yaml_records_the_resolved_residual_scale(stage2_run):
+    cfg = yaml.safe_load((stage2_run / "config.yaml").read_text())
+    meta = json.loads((stage2_run / "export/model.json").read_text())
+    # config.yaml is what ran: the values measured from the data, not the nulls asking for them.
+    assert cfg["diffusion"]["sigma_data"] == meta["sigma_data"] == meta["residual_std"]
+    assert cfg["diffusion"]["P_mean"] == meta["P_mean"]
+    assert cfg["diffusion"]["sigma_max"] == meta["sigma_max"]
+
+
+def test_stage2_resume_restores_the_residual_scale(stage2_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stage2_run, run)
+    first = json.loads((run / "export/model.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    args2 = ["experiment=baseline_diffusion", f"data.root={cfg['data']['root']}", f"run.dir={run}",
+             *TINY, f"model.regression_ckpt={cfg['model']['regression_ckpt']}",
+             "diffusion.num_steps=4", "trainer.max_steps=4", "trainer.ckpt_every_steps=2"]
+    # Measuring the residual std again would fail: a resumed run takes it from its checkpoint.
+    train(args2, env=child_env(FAULT_NO_RESIDUAL_MEASURE="1"), module=FAULTS)
+    log = (run / "log-rank0.txt").read_text()
+    assert "resumed from" in log and "no longer an exact continuation" not in log
+    assert f"restored from {run / 'checkpoints' / 'step-0000002'}" in log
+    meta = json.loads((run / "export/model.json").read_text())
+    assert meta["step"] == 4
+    assert {k: meta[k] for k in ("residual_std", "sigma_data", "P_mean", "sigma_max")} == \
+        {k: first[k] for k in ("residual_std", "sigma_data", "P_mean", "sigma_max")}
+
+
+def test_dry_run_help_says_what_it_does(capsys):
+    from resdepth.train.__main__ import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "optimiser" not in text  # the dry run builds no optimiser
+    assert "one forward pass of the loss on a real train (and val) batch" in text
