@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import logging.handlers
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -201,11 +202,15 @@ def main(cfg: Config, dry_run: bool = False) -> int:
     """Train as configured; 0 when done, ``REQUEUE_EXIT_CODE`` after saving on a stop signal.
     With ``dry_run``: build data and net, run one forward pass, train nothing."""
     rank = dist.detect_env().rank
+    # Console only until the run directory is this run's (an old run's logs may be moved aside);
+    # what is logged before goes into the log file afterwards.
     setup_logging(None, rank)
+    early = logging.handlers.BufferingHandler(10_000)
+    log.addHandler(early)
     dist.init()
     ok, lock = False, None
     try:
-        lock = open_run_dir(cfg, rank)
+        lock = open_run_dir(cfg, rank, early)
         # config.yaml is written once stage 2's residual scale is resolved into cfg: it says
         # what ran.
         if dry_run:

@@ -221,12 +221,10 @@ def write_stop_marker(run_dir: Path, step: int, signal_name: str, checkpoint: Pa
 
 
 
-def open_run_dir(cfg: Config, rank: int) -> Optional[RunLock]:
-    """Collective: claim ``run.dir`` and log into it; what was logged before goes into the log
-    file too. Returns rank 0's lock (None on other ranks)."""
-    # Console only until the run directory is this run's (an old run's logs may be moved aside).
-    early = logging.handlers.BufferingHandler(10_000)
-    log.addHandler(early)
+def open_run_dir(cfg: Config, rank: int, early: logging.handlers.BufferingHandler) -> Optional[RunLock]:
+    """Collective: claim ``run.dir`` and log into it; what ``early`` holds (logged to the console
+    only, until the run directory was this run's) goes into the log file too. Returns rank 0's
+    lock (None on other ranks)."""
     try:
         lock = claim_run_dir(Path(cfg.run.dir), cfg.trainer.resume, cfg.run.overwrite)
     finally:

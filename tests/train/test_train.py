@@ -192,7 +192,7 @@ def stage2_run(tiny_shards, regression_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("stage2") / "run"
     train(["experiment=baseline_diffusion", f"data.root={tiny_shards}", f"run.dir={run}", *TINY,
            f"model.regression_ckpt={regression_run}", "diffusion.num_steps=4",
-           "trainer.max_steps=2", "trainer.ckpt_every_steps=2"])
+           "trainer.max_steps=2", "trainer.schedule_steps=4", "trainer.ckpt_every_steps=2"])
     return run
 
 
@@ -212,7 +212,8 @@ def test_stage2_resume_restores_the_residual_scale(stage2_run, tmp_path):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     args2 = ["experiment=baseline_diffusion", f"data.root={cfg['data']['root']}", f"run.dir={run}",
              *TINY, f"model.regression_ckpt={cfg['model']['regression_ckpt']}",
-             "diffusion.num_steps=4", "trainer.max_steps=4", "trainer.ckpt_every_steps=2"]
+             "diffusion.num_steps=4", "trainer.max_steps=4", "trainer.schedule_steps=4",
+             "trainer.ckpt_every_steps=2"]
     # Measuring the residual std again would fail: a resumed run takes it from its checkpoint.
     train(args2, env=child_env(FAULT_NO_RESIDUAL_MEASURE="1"), module=FAULTS)
     log = (run / "log-rank0.txt").read_text()
