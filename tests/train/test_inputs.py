@@ -8,12 +8,12 @@ from resdepth.train.config import Config
 
 def test_stream_from_config_takes_the_data_section(tiny_shards):
     cfg = load_config(Config, ["experiment=baseline_regression", f"data.root={tiny_shards}",
-                               "data.crop=[16,24]", "data.num_workers=3", "data.on_error=skip",
+                               "data.crop=[16,24]", "data.num_workers=2", "data.on_error=skip",
                                "data.voxel_norm=nonzero", "data.depth_norm=inverse",
                                "data.max_consecutive_skips=7"])
     urls = split_urls(str(tiny_shards / "train"))
     train = ShardStream.from_config(cfg.data, "train", urls=urls, batch_size=4, seed=5)
-    assert (train.num_workers, train.crop, train.flip, train.seed) == (3, (16, 24), cfg.data.flip, 5)
+    assert (train.num_workers, train.crop, train.flip, train.seed) == (2, (16, 24), cfg.data.flip, 5)
     assert (train.on_error, train.voxel_norm, train.max_consecutive_skips) == ("skip", "nonzero", 7)
     assert train.norm.to_dict()["kind"] == "inverse"
     batch = next(iter(train))
