@@ -38,7 +38,7 @@ BINS = 5
 
 def load_cfg(extra: list[str]):
     from resdepth.config import load_config
-    from resdepth.config.schema import Config
+    from resdepth.train.config import Config
 
     return load_config(Config, ["experiment=baseline_regression", *extra])
 

@@ -35,7 +35,7 @@ def one(name: str, input_kind: str, batch: int, device_name: str) -> dict:
     import torch
 
     from resdepth.config import load_config
-    from resdepth.config.schema import Config
+    from resdepth.train.config import Config
     from resdepth.models.build import arch_spec, build_net
     from resdepth.train.engine import autocast_ctx
     from resdepth.train.stage import build_loss

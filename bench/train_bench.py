@@ -67,7 +67,7 @@ def gpu_section() -> None:
     import torch
 
     from resdepth.config import load_config
-    from resdepth.config.schema import Config
+    from resdepth.train.config import Config
     from resdepth.diffusion.loss import RegressionLoss
     from resdepth.models.build import arch_spec, build_net
 

@@ -32,7 +32,7 @@ from launch import records
 
 log = logging.getLogger("resdepth")
 
-REQUEUE_EXIT_CODE = 3  # the trainer's "saved on a stop signal; requeue me" (resdepth.train.REQUEUE_EXIT_CODE)
+from resdepth.train.signals import REQUEUE_EXIT_CODE  # noqa: E402 - the one definition is the trainer's
 
 
 class JobFailed(RuntimeError):

@@ -29,7 +29,7 @@ class Submitted:
 
 def train_config(overrides: list[str], run_dir: Optional[str] = None):
     """The resolved training config; the run directory is made absolute so jobs and status agree."""
-    from resdepth.config.schema import Config
+    from resdepth.train.config import Config
 
     cfg = load_config(Config, list(overrides) + ([f"run.dir={run_dir}"] if run_dir else []))
     cfg.run.dir = str(Path(cfg.run.dir).resolve())

@@ -25,7 +25,7 @@ def _fmt(value) -> str:
 
 def reference_markdown() -> str:
     """Markdown tables, one per config section, then the evaluation flags."""
-    from resdepth.config.schema import Config
+    from resdepth.train.config import Config
 
     out = [START, ""]
     section = None

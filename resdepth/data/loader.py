@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from resdepth import dist
 from resdepth.data import format as fmt
+from resdepth.data.config import DataConfig
 from resdepth.data.norm import DepthNorm
 from resdepth.data.netinput import net_input
 from resdepth.data.voxel import VOXEL_NORMS
@@ -447,6 +448,23 @@ class ShardStream:
         if mode == "train" and len(self) == 0:
             raise fmt.DataError(f"{sum(self.counts)} samples make no batch of {batch_size} per "
                                 f"rank over {self.world_size} ranks")
+
+    @classmethod
+    def from_config(cls, data: DataConfig, mode: str, *, urls: list[str] | str, batch_size: int,
+                    seed: int, index: Optional[dict] = None, raw: bool = False,
+                    pin_memory: bool = False) -> "ShardStream":
+        """The stream the ``data`` section describes. Training streams take its worker count,
+        crop, flip and shuffle buffer; evaluation streams read in order in this process (they
+        are short and restarted often). Both take its depth and voxel normalisation and its
+        bad-sample policy."""
+        train = mode == "train"
+        return cls(urls, mode=mode, batch_size=batch_size, seed=seed,
+                   num_workers=data.num_workers if train else 0,
+                   crop=(data.crop or None) if train else None, flip=data.flip and train,
+                   norm=DepthNorm.from_config(data), shuffle_buffer=data.shuffle_buffer,
+                   on_error=data.on_error, index=index,
+                   max_consecutive_skips=data.max_consecutive_skips, voxel_norm=data.voxel_norm,
+                   raw=raw, pin_memory=pin_memory)
 
     @property
     def workers(self) -> int:

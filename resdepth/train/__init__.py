@@ -4,7 +4,7 @@ from resdepth.train.signals import REQUEUE_EXIT_CODE
 
 def main(cfg, dry_run: bool = False) -> int:
     """Train as configured (see ``resdepth.train.loop.main``)."""
-    from resdepth.train.loop import main as _main
+    from resdepth.train.loop import main as _main  # torch and the nets load on first use only
 
     return _main(cfg, dry_run=dry_run)
 

@@ -27,9 +27,6 @@ from resdepth.utils.atomic import write_json_atomic
 
 log = logging.getLogger("resdepth")
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-# Test hook "STEP:SECONDS": from checkpoint STEP on, sleep between the rank files and the commit,
-# so a test can kill the process in the middle of writing a checkpoint.
-FAULT_DELAY_ENV = "RESDEPTH_FAULT_CKPT_DELAY"
 
 
 class CheckpointError(RuntimeError):
@@ -125,18 +122,7 @@ class Checkpointer:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         dist.barrier()
-        failure = None
-        try:
-            torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
-            if engine_save is not None:
-                engine_save(tmp)
-        except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer hides the errno
-            failure = e
-        fault = os.environ.get(FAULT_DELAY_ENV)
-        if fault:
-            from_step, seconds = fault.split(":")
-            if step >= int(from_step):
-                time.sleep(float(seconds))
+        failure = self._write_rank_files(step, tmp, per_rank, engine_save)
         self._all_saved(failure, step, tmp)
         if dist.is_main():
             try:
@@ -157,6 +143,18 @@ class Checkpointer:
             log.info("checkpoint saved: %s", final)
         dist.barrier()
         return final
+
+    @staticmethod
+    def _write_rank_files(step: int, tmp: Path, per_rank: dict[str, Any],  # noqa: ARG004
+                          engine_save) -> Optional[BaseException]:
+        """This rank's files of checkpoint ``step`` into ``tmp``; the error, if writing failed."""
+        try:
+            torch.save(per_rank, tmp / f"rank-{dist.rank():05d}.pt")
+            if engine_save is not None:
+                engine_save(tmp)
+        except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer hides the errno
+            return e
+        return None
 
     def _all_saved(self, failure: Optional[BaseException], step: int, tmp: Path) -> None:
         """Collective: when a write failed on any rank, remove the partial checkpoint and raise

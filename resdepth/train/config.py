@@ -1,10 +1,14 @@
-"""Configuration of the run directory and the training loop."""
+"""The training configuration: the run directory and the training loop, and ``Config``, the
+whole schema a training run is given (one section per package)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 from resdepth.config.core import opt
+from resdepth.data.config import DataConfig
+from resdepth.diffusion.config import DiffusionConfig
+from resdepth.models.config import ModelConfig
 
 
 @dataclass
@@ -76,3 +80,12 @@ class TrainerConfig:
         if not self.resume.strip():
             out.append(("resume", "must be auto, never or a checkpoint path (it is empty)"))
         return out
+
+
+@dataclass
+class Config:
+    run: RunConfig = opt(None, "Run directory, seed and logging.")
+    data: DataConfig = opt(None, "Shards and the streaming loader.")
+    model: ModelConfig = opt(None, "Network architecture and stage.")
+    diffusion: DiffusionConfig = opt(None, "EDM residual loss and samplers.")
+    trainer: TrainerConfig = opt(None, "Optimisation, distribution and checkpoints.")

@@ -17,6 +17,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 
 from resdepth import dist
+from resdepth.config import config_dir
+from resdepth.train.checkpoint import safe_load_deepspeed
 from resdepth.train.config import TrainerConfig
 from resdepth.train.optim import make_optimizer, set_lr
 
@@ -125,7 +127,6 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
     if cfg.deepspeed_config:
         path = Path(cfg.deepspeed_config)
         if not path.exists() and not path.is_absolute():
-            from resdepth.config import config_dir
             path = config_dir().parent / path  # e.g. configs/deepspeed/zero2.json from anywhere
         try:
             ds = json.loads(path.read_text())
@@ -153,8 +154,6 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
 def load_deepspeed_files_safely(engine) -> None:
     """Make the engine read its checkpoint files with ``weights_only=True`` (DeepSpeed's own
     loader unpickles arbitrary objects)."""
-    from resdepth.train.checkpoint import safe_load_deepspeed
-
     engine.checkpoint_engine.load = lambda path, map_location=None: safe_load_deepspeed(path)
 
 

@@ -1,7 +1,9 @@
-"""What the user sees of a run: a rich progress bar, TensorBoard scalars and images, ``stats.jsonl``.
+"""Where a run's metrics go: TensorBoard scalars and images, ``stats.jsonl``, a progress bar.
 
-Only rank 0 writes. On resume from step S, ``stats.jsonl`` lines after S are dropped and the
-TensorBoard writer purges events after S, so curves continue without duplicated points.
+Each writer takes ``scalars(step, dict)``, ``images(step, dict)`` and ``close()``; the metrics
+logger (``metrics.MetricsLogger``) feeds a list of them on rank 0. On resume from step S,
+``stats.jsonl`` lines after S are dropped and the TensorBoard writer purges events after S, so
+curves continue without duplicated points.
 """
 from __future__ import annotations
 
@@ -36,21 +38,57 @@ def truncate_stats(path: Path, after_step: int) -> None:
     tmp.replace(path)
 
 
-class Monitor:
-    """Rank-0 sinks for progress, scalars, images and the stats file."""
+class TensorBoardWriter:
+    """Scalars and images into ``run_dir/tb``; events after ``start_step`` are purged on resume."""
 
-    def __init__(self, run_dir: Path, start_step: int, max_steps: int, enabled: bool):
-        self.enabled = enabled
-        self.stats_path = Path(run_dir) / "stats.jsonl"
-        self.tb = None
-        self.progress = None
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter  # heavy: only rank 0 opens it
 
-        truncate_stats(self.stats_path, start_step)
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"),
                                 purge_step=start_step + 1 if start_step > 0 else None)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Named scalars (``train/loss``, ``val/loss``...)."""
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+
+    def images(self, step: int, panels: dict[str, np.ndarray]) -> None:
+        """Named uint8 RGB ``[H,W,3]`` images, under ``images/``."""
+        for name, img in panels.items():
+            self.tb.add_image(f"images/{name}", img, step, dataformats="HWC")
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.tb.flush()
+        self.tb.close()
+
+
+class StatsWriter:
+    """One JSON line per call in ``run_dir/stats.jsonl``: ``train/`` keys bare (``loss``), other
+    sections prefixed (``val_loss``); lines after ``start_step`` are dropped on resume."""
+
+    def __init__(self, run_dir: Path, start_step: int):
+        self.path = Path(run_dir) / "stats.jsonl"
+        truncate_stats(self.path, start_step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Append one line with the step, the values and the wall time."""
+        line = {k.removeprefix("train/").replace("/", "_"): v for k, v in values.items()}
+        with open(self.path, "a") as f:
+            f.write(json_text({"step": step, **line, "time": round(time.time(), 3)}) + "\n")
+
+    def images(self, step: int, panels: dict[str, np.ndarray]) -> None:  # noqa: ARG002
+        """Images are not written to the stats file."""
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+
+class ProgressBar:
+    """A rich progress bar on a terminal (nothing when stderr is not one)."""
+
+    def __init__(self, start_step: int, max_steps: int):
+        self.progress = None
         console = Console(stderr=True)
         if console.is_terminal:
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -60,32 +98,12 @@ class Monitor:
                                                info="")
             self.progress.start()
 
-    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
-        if self.tb is None:
-            return
-        for k, v in values.items():
-            self.tb.add_scalar(f"{prefix}/{k}", v, step)
-
-    def stats(self, step: int, values: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.stats_path, "a") as f:
-            f.write(json_text({"step": step, **values, "time": round(time.time(), 3)}) + "\n")
-
-    def images(self, step: int, panels: dict[str, np.ndarray]) -> None:
-        """Named uint8 RGB ``[H,W,3]`` images to TensorBoard."""
-        if self.tb is None:
-            return
-        for name, img in panels.items():
-            self.tb.add_image(f"images/{name}", img, step, dataformats="HWC")
-
     def advance(self, step: int, info: str) -> None:
+        """Show ``step`` and a short ``info`` text (the last logged loss)."""
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
 
     def close(self) -> None:
+        """Stop redrawing."""
         if self.progress is not None:
             self.progress.stop()
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()

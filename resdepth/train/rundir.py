@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import socket
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from resdepth import dist
+from resdepth.config import to_yaml
+from resdepth.train.config import Config
+from resdepth.utils.atomic import write_json_atomic
+from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
 
@@ -210,9 +215,32 @@ def write_stop_marker(run_dir: Path, step: int, signal_name: str, checkpoint: Pa
                       exit_code: int) -> None:
     """``run.dir/stopped.json``: how to tell "saved on a stop signal" from a failure when a
     launcher (torchrun) hides the exit status."""
-    from resdepth.utils.atomic import write_json_atomic
-
     write_json_atomic(Path(run_dir) / STOP_MARKER, {
         "stopped": True, "step": step, "signal": signal_name, "checkpoint": str(checkpoint),
         "exit_code": exit_code, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
+
+
+def open_run_dir(cfg: Config, rank: int, early: logging.handlers.BufferingHandler) -> Optional[RunLock]:
+    """Collective: claim ``run.dir`` and log into it; what ``early`` holds (logged to the console
+    only, until the run directory was this run's) goes into the log file too. Returns rank 0's
+    lock (None on other ranks)."""
+    try:
+        lock = claim_run_dir(Path(cfg.run.dir), cfg.trainer.resume, cfg.run.overwrite)
+    finally:
+        log.removeHandler(early)
+    setup_logging(Path(cfg.run.dir), rank)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            for record in early.buffer:
+                handler.handle(record)
+    if lock is not None:
+        lock.report()
+    return lock
+
+
+def write_run_config(cfg: Config) -> None:
+    """The resolved configuration into ``run.dir/config.yaml`` (rank 0)."""
+    if dist.is_main():
+        Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run.dir) / "config.yaml").write_text(to_yaml(cfg))

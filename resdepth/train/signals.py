@@ -39,7 +39,7 @@ class StopFlag:
         if signum == signal.SIGINT:
             if self.signal_name == "SIGINT":
                 raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
-            from resdepth import dist
+            from resdepth import dist  # torch: kept out of `import resdepth.train` (the launcher's)
 
             if dist.is_main():  # os.write, not logging: a handler may interrupt a log call
                 os.write(2, b"\nCtrl-C: saving a checkpoint after this step, then exiting with status "

@@ -8,16 +8,22 @@ from typing import Callable, Optional
 
 import torch
 
-from resdepth.config.schema import Config
+from resdepth import dist
+from resdepth.data.loader import ShardStream
+from resdepth.diffusion.config import resolve_residual_scale
+from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
+from resdepth.diffusion.patching import GridPatching
+from resdepth.diffusion.sampler import generate_ensemble
 from resdepth.models.build import build_net, check_same_arch
+from resdepth.models.export import load_export, load_unet_state
+from resdepth.train.checkpoint import Checkpointer, safe_load
+from resdepth.train.config import Config
 
 log = logging.getLogger("resdepth")
 
 
 def build_loss(cfg: Config, regression_net: Optional[torch.nn.Module]) -> Callable:
     """``loss(model, batch, generator) -> scalar`` for the configured stage."""
-    from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
-
     if cfg.model.stage == "regression":
         core = RegressionLoss()
         return lambda model, batch, gen: core(model, batch["depth"], batch["events"], batch["mask"],
@@ -35,8 +41,6 @@ def measure_residual_std(regression_net: torch.nn.Module, stream, device: torch.
                          max_samples: int) -> float:
     """Std over valid pixels of ``depth - regression_net(events)`` (normalised depth) on the first
     ``max_samples`` samples of ``stream`` (per rank), reduced over ranks."""
-    from resdepth import dist
-
     totals = torch.zeros(3, dtype=torch.float64)  # pixels, sum, sum of squares
     seen = 0
     for batch in stream:
@@ -56,6 +60,26 @@ def measure_residual_std(regression_net: torch.nn.Module, stream, device: torch.
     return float((totals[2] / totals[0] - mean ** 2).clamp_min(0).sqrt())
 
 
+def residual_scale(cfg: Config, regression_net: torch.nn.Module, stream: Callable[[], ShardStream],
+                   device: torch.device, recorded_std: Optional[float] = None,
+                   recorded_in: str = "") -> dict[str, float]:
+    """Resolve stage 2's unset ``sigma_data``, ``P_mean`` and ``sigma_max`` in ``cfg.diffusion``
+    from the residual std: the one recorded in the checkpoint a run resumes from, else measured
+    on the train split (``stream()``). Returns what goes into checkpoints and the export."""
+    d = cfg.diffusion
+    given = [k for k in ("sigma_data", "P_mean", "sigma_max") if getattr(d, k) is not None]
+    if recorded_std is None:
+        std = measure_residual_std(regression_net, stream(), device, d.residual_samples)
+        source = f"measured on {d.residual_samples} train samples per rank"
+    else:
+        std, source = recorded_std, f"restored from {recorded_in}"
+    scale = resolve_residual_scale(d, std)
+    log.info("residual std %.4f (normalised depth, %s): sigma_data %.4f, P_mean %.3f, sampler "
+             "sigma_max %.3f%s", std, source, d.sigma_data, d.P_mean, d.sigma_max,
+             f" (given: {', '.join(given)})" if given else "")
+    return scale
+
+
 def load_regression_net(path: str, expected_spec: dict, norm, device: torch.device,
                         voxel_norm: str = "none") -> torch.nn.Module:
     """The frozen stage-1 net from a run directory, a checkpoint directory or an exported file.
@@ -63,9 +87,6 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
     Refuses weights of another architecture, another depth normalisation or another event voxel
     normalisation, naming what differs.
     """
-    from resdepth.models.export import load_export, load_unet_state
-    from resdepth.train.checkpoint import Checkpointer, safe_load
-
     if not path:
         raise ValueError("model.stage=diffusion needs model.regression_ckpt: the regression run "
                          "directory, one of its checkpoints, or its export/model.safetensors")
@@ -110,9 +131,6 @@ def predict_panels(cfg: Config, net: torch.nn.Module, regression_net: Optional[t
     cond = batch["events"][:1]
     if cfg.model.stage == "regression":
         return norm.denormalize(net(cond).float())
-    from resdepth.diffusion.patching import GridPatching
-    from resdepth.diffusion.sampler import generate_ensemble
-
     d = cfg.diffusion
     # A net trained on patches also takes the resized whole condition: one frame-sized patch.
     frame = tuple(cond.shape[-2:])

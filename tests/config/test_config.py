@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from resdepth.config import ConfigError, config_hash, iter_fields, load_config, to_yaml
-from resdepth.config.schema import Config
+from resdepth.train.config import Config
 
 
 def test_experiment_and_overrides():

@@ -13,10 +13,15 @@ TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=
         "run.val_every=0", "run.log_every=5", "trainer.ckpt_every_minutes=0"]
 
 
+# ``resdepth-train`` with faults patched in (see tests/train/faults.py)
+FAULTS = "tests.train.faults"
+
+
 def train(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
-          timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m resdepth.train`` (or under ``torchrun`` with ``nproc`` processes)."""
-    return run_module("resdepth.train", args, nproc, env, check, timeout)
+          timeout: float = 600, module: str = "resdepth.train") -> subprocess.CompletedProcess:
+    """``python -m resdepth.train`` (or under ``torchrun`` with ``nproc`` processes); ``module=FAULTS``
+    with ``FAULT_*`` variables in ``env`` injects faults."""
+    return run_module(module, args, nproc, env, check, timeout)
 
 
 def stats(run_dir: Path, fields=("loss", "lr", "grad_norm", "images_seen")) -> list[tuple]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resdepth.train.signals import REQUEUE_EXIT_CODE
-from tests.train.runner import TINY, checksums, child_env, free_port, stats, train
+from tests.train.runner import FAULTS, TINY, checksums, child_env, free_port, stats, train
 
 pytestmark = pytest.mark.dist
 
@@ -25,7 +25,7 @@ def test_ddp_two_ranks_exact_resume(tiny_shards, tmp_path):
     assert len(sums) == 2 and sums[0] == sums[1]
     # Only rank 0 receives the signal (as from submitit); both ranks must save and stop.
     first = train(args(tiny_shards, cut, *common), nproc=2,
-                  env=child_env(RESDEPTH_FAULT_SIGNAL_AT_STEP="10"), check=False)
+                  env=child_env(FAULT_SIGNAL_AT_STEP="10"), check=False, module=FAULTS)
     assert first.returncode != 0
     # torchrun shows the ranks' status 3 as a failure; stopped.json and `status` tell the truth.
     status = subprocess.run([sys.executable, "-m", "launch", "status", str(cut)], env=child_env(),

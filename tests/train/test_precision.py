@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from resdepth.config import load_config
-from resdepth.config.schema import Config
+from resdepth.train.config import Config
 from tests.train.runner import TINY, stats, train
 
 
@@ -76,7 +76,7 @@ def test_device_is_local_rank_modulo_visible_gpus(monkeypatch, visible, local_ra
 
 
 def test_cosine_length_is_part_of_the_resume_hash(tiny_shards, tmp_path):
-    from resdepth.train.loop import resumable_hash
+    from resdepth.train.manager import resumable_hash
 
     def h(*extra):
         return resumable_hash(load_config(Config, args(tiny_shards, tmp_path, *extra)))

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resdepth.train.signals import REQUEUE_EXIT_CODE
-from tests.train.runner import TINY, child_env, stats, train
+from tests.train.runner import FAULTS, TINY, child_env, stats, train
 
 
 def args(root: Path, run: Path, *extra: str) -> list[str]:
@@ -35,8 +36,9 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def start(tiny_shards: Path, run: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "resdepth.train", *args(tiny_shards, run, *extra)],
+def start(tiny_shards: Path, run: Path, *extra: str, env: dict | None = None,
+          module: str = "resdepth.train") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args(tiny_shards, run, *extra)],
                             env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -137,7 +139,7 @@ def test_ctrl_c_saves_and_exits_3_a_second_one_aborts(tiny_shards, tmp_path):
     assert (Path(marker["checkpoint"]) / "meta.json").is_file()
     # Restart, and press Ctrl-C twice while the checkpoint is being written (slowed down).
     proc = start(tiny_shards, run, "trainer.max_steps=100000", "trainer.ckpt_every_steps=0",
-                 env=child_env(RESDEPTH_FAULT_CKPT_DELAY="0:120"))
+                 env=child_env(FAULT_CKPT_DELAY="0:120"), module=FAULTS)
     wait_for(lambda: not (run / "stopped.json").exists(), proc, "the marker removed at start")
     lines = len((run / "stats.jsonl").read_text().splitlines())
     wait_for(lambda: len((run / "stats.jsonl").read_text().splitlines()) > lines, proc, "more steps")
@@ -194,3 +196,20 @@ def test_two_rank_job_on_a_locked_run_dir_stops_on_every_rank(tiny_shards, tmp_p
     assert f"is in use by another trainer: pid {os.getpid()} on host {socket.gethostname()}, Slurm job 4242" in out
     assert "rank 0 could not claim run.dir" in out  # rank 1 stops too, without waiting for a timeout
     assert not (run / "checkpoints").exists()
+
+
+def test_resume_compares_the_saved_learning_rate_with_the_schedule(tiny_shards, ten_steps, tmp_path):
+    # The checkpoint records the rate its next step had; the cosine spanned max_steps=10.
+    saved = torch.load(ten_steps / "checkpoints/step-0000005/train_state.pt", weights_only=True)
+    assert saved["lr_schedule"]["step"] == 5
+    same = copy_run(ten_steps, tmp_path / "same")
+    shutil.rmtree(same / "checkpoints/step-0000010")
+    train(args(tiny_shards, same, "trainer.max_steps=12", "trainer.schedule_steps=10"))
+    assert "learning-rate schedule changed" not in (same / "log-rank0.txt").read_text()
+    longer = copy_run(ten_steps, tmp_path / "longer")
+    shutil.rmtree(longer / "checkpoints/step-0000010")
+    train(args(tiny_shards, longer, "trainer.max_steps=12"))
+    log = (longer / "log-rank0.txt").read_text()
+    lr = saved["lr_schedule"]["lr"]
+    assert (f"step-0000005: the learning-rate schedule changed: step 5 had lr {lr:.6g} when saved"
+            in log), log[-3000:]

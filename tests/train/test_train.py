@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resdepth.config import load_config
-from resdepth.config.schema import Config
+from resdepth.train.config import Config
 from resdepth.train.signals import REQUEUE_EXIT_CODE
-from tests.train.runner import TINY, child_env, stats, train
+from tests.train.runner import FAULTS, TINY, child_env, stats, train
 
 
 def tb_steps(run_dir: Path, tag: str = "train/loss") -> list[int]:
@@ -61,7 +63,7 @@ def test_exact_resume_after_sigusr2(tiny_shards, tmp_path):
     common = ("trainer.max_steps=40", "trainer.ckpt_every_steps=0", "data.num_workers=2")
     train(args(tiny_shards, full, *common))
     first = train(args(tiny_shards, cut, *common),
-                  env=child_env(RESDEPTH_FAULT_SIGNAL_AT_STEP="20"), check=False)
+                  env=child_env(FAULT_SIGNAL_AT_STEP="20"), check=False, module=FAULTS)
     assert first.returncode == REQUEUE_EXIT_CODE, first.stderr[-2000:]
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-0000020"]
     assert not (cut / "export").exists()
@@ -77,8 +79,8 @@ def test_sigkill_while_checkpointing_resumes_from_previous(tiny_shards, tmp_path
     ref, run = tmp_path / "ref", tmp_path / "run"
     common = ("trainer.max_steps=20", "trainer.ckpt_every_steps=5")
     train(args(tiny_shards, ref, *common))
-    cmd = [sys.executable, "-m", "resdepth.train", *args(tiny_shards, run, *common)]
-    proc = subprocess.Popen(cmd, env=child_env(RESDEPTH_FAULT_CKPT_DELAY="10:60"),
+    cmd = [sys.executable, "-m", FAULTS, *args(tiny_shards, run, *common)]
+    proc = subprocess.Popen(cmd, env=child_env(FAULT_CKPT_DELAY="10:60"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tmp_ckpt = run / "checkpoints" / ".tmp-step-0000010"
     deadline = time.time() + 240
@@ -99,7 +101,8 @@ def test_sigkill_while_checkpointing_resumes_from_previous(tiny_shards, tmp_path
 
 
 def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
-    from resdepth.train.loop import NonFiniteError, Trainer
+    from resdepth.train.loop import Trainer
+    from resdepth.train.metrics import NonFiniteError
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
@@ -107,14 +110,14 @@ def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
                                    "trainer.max_nonfinite=3"))
     trainer = Trainer(cfg)
     calls = {"n": 0}
-    real = trainer.loss_fn_core
+    real = trainer.loss_core
 
     def flaky(model, batch, gen):
         calls["n"] += 1
         loss = real(model, batch, gen)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    trainer.loss_fn_core = flaky
+    trainer.loss_core = flaky
     snapshot = {}
     original_step = trainer.engine.train_step
 
@@ -130,9 +133,10 @@ def test_nonfinite_losses_stop_with_step(tiny_shards, tmp_path, monkeypatch):
     # Steps 2, 3 and 4 were skipped: the weights are still those after steps 0 and 1.
     assert all(torch.equal(a, b) for a, b in zip(snapshot["w"], trainer.engine.module.parameters()))
     # The stop is noticed at the next log line (step 5); steps 2, 3 and 4 were skipped.
-    assert trainer.nonfinite_in_row == 3 and trainer.images_seen == 5 * 4
+    state = trainer.state
+    assert state.nonfinite_in_row == 3 and state.images_seen == 5 * 4
     # The skipped steps add nothing to the interval's loss: it stays that of the good steps.
-    assert float(trainer.interval["n"]) == 2 and math.isfinite(float(trainer.interval["loss_sum"]))
+    assert float(state.interval["n"]) == 2 and math.isfinite(float(state.interval["loss_sum"]))
 
 
 def test_stage2_trains_on_regression_and_refuses_other_arch(tiny_shards, regression_run, tmp_path):
@@ -180,3 +184,52 @@ def test_dry_run_and_clear_errors(tiny_shards, tmp_path):
     assert "nowhere" in missing.stderr
     half = train(args(tiny_shards, tmp_path / "y"), env=child_env(RANK="0"), check=False)
     assert half.returncode == 1 and "half-set torch.distributed environment" in half.stderr
+
+
+@pytest.fixture(scope="module")
+def stage2_run(tiny_shards, regression_run, tmp_path_factory) -> Path:
+    """Two steps of stage 2 with a checkpoint at step 2 (tests work on copies)."""
+    run = tmp_path_factory.mktemp("stage2") / "run"
+    train(["experiment=baseline_diffusion", f"data.root={tiny_shards}", f"run.dir={run}", *TINY,
+           f"model.regression_ckpt={regression_run}", "diffusion.num_steps=4",
+           "trainer.max_steps=2", "trainer.schedule_steps=4", "trainer.ckpt_every_steps=2"])
+    return run
+
+
+def test_stage2_config_yaml_records_the_resolved_residual_scale(stage2_run):
+    cfg = yaml.safe_load((stage2_run / "config.yaml").read_text())
+    meta = json.loads((stage2_run / "export/model.json").read_text())
+    # config.yaml is what ran: the values measured from the data, not the nulls asking for them.
+    assert cfg["diffusion"]["sigma_data"] == meta["sigma_data"] == meta["residual_std"]
+    assert cfg["diffusion"]["P_mean"] == meta["P_mean"]
+    assert cfg["diffusion"]["sigma_max"] == meta["sigma_max"]
+
+
+def test_stage2_resume_restores_the_residual_scale(stage2_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stage2_run, run)
+    first = json.loads((run / "export/model.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    args2 = ["experiment=baseline_diffusion", f"data.root={cfg['data']['root']}", f"run.dir={run}",
+             *TINY, f"model.regression_ckpt={cfg['model']['regression_ckpt']}",
+             "diffusion.num_steps=4", "trainer.max_steps=4", "trainer.schedule_steps=4",
+             "trainer.ckpt_every_steps=2"]
+    # Measuring the residual std again would fail: a resumed run takes it from its checkpoint.
+    train(args2, env=child_env(FAULT_NO_RESIDUAL_MEASURE="1"), module=FAULTS)
+    log = (run / "log-rank0.txt").read_text()
+    assert "resumed from" in log and "no longer an exact continuation" not in log
+    assert f"restored from {run / 'checkpoints' / 'step-0000002'}" in log
+    meta = json.loads((run / "export/model.json").read_text())
+    assert meta["step"] == 4
+    assert {k: meta[k] for k in ("residual_std", "sigma_data", "P_mean", "sigma_max")} == \
+        {k: first[k] for k in ("residual_std", "sigma_data", "P_mean", "sigma_max")}
+
+
+def test_dry_run_help_says_what_it_does(capsys):
+    from resdepth.train.__main__ import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "optimiser" not in text  # the dry run builds no optimiser
+    assert "one forward pass of the loss on a real train (and val) batch" in text
