@@ -23,7 +23,7 @@ bench: $(BIN)/.installed
 	for b in bench/*_bench.py; do $(BIN)/python $$b || exit 1; done
 
 config-reference: $(BIN)/.installed
-	$(BIN)/python -m resdepth.config.reference --write docs/configuration.md
+	$(BIN)/python -m resdepth.reference --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

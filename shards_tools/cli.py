@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from resdepth.utils.errors import UserError
+
 FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
 
 log = logging.getLogger("resdepth")
@@ -101,7 +103,7 @@ def _pack_source(a: argparse.Namespace) -> Any:
                          "format (mvsec, dsec, ...), not per-sample .npz files")
     twice = sorted({s for s in a.sequence or [] if a.sequence.count(s) > 1})
     if twice:
-        raise ValueError(f"--sequence {', '.join(twice)} given more than once; name each sequence "
+        raise UserError(f"--sequence {', '.join(twice)} given more than once; name each sequence "
                          "once")
     bins = a.bins if fmt_name in ("npz", "dense") else (a.bins or 5)
     return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,

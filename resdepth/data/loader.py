@@ -49,6 +49,7 @@ from resdepth.data.config import DataConfig
 from resdepth.data.norm import DepthNorm
 from resdepth.data.netinput import net_input
 from resdepth.data.voxel import VOXEL_NORMS
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -337,7 +338,7 @@ def _augment(ev: np.ndarray, depth: np.ndarray, mask: np.ndarray, crop: Optional
     n, _, H, W = ev.shape
     ch, cw = crop if crop else (H, W)
     if ch > H or cw > W:
-        raise ValueError(f"crop {list(crop)} is larger than the frames ({H}x{W})")
+        raise UserError(f"crop {list(crop)} is larger than the frames ({H}x{W})")
     outs: list[list[np.ndarray]] = [[], [], []]
     origin = np.zeros((n, 2), dtype=np.int64)
     for i in range(n):
@@ -418,13 +419,13 @@ class ShardStream:
                  max_consecutive_skips: int = 100, voxel_norm: str = "none", raw: bool = False,
                  pin_memory: bool = False):
         if mode not in ("train", "eval"):
-            raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
+            raise UserError(f"mode {mode!r}: expected 'train' or 'eval'")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error {on_error!r}: expected 'raise' or 'skip'")
+            raise UserError(f"on_error {on_error!r}: expected 'raise' or 'skip'")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if max_consecutive_skips < 0:
-            raise ValueError(f"max_consecutive_skips must be >= 0, got {max_consecutive_skips}")
+            raise UserError(f"max_consecutive_skips must be >= 0, got {max_consecutive_skips}")
         self.max_consecutive_skips = int(max_consecutive_skips)
         self.urls = split_urls(urls) if isinstance(urls, str) else list(urls)
         if not self.urls:
@@ -437,7 +438,7 @@ class ShardStream:
         self.world_size = dist.world_size() if world_size is None else int(world_size)
         self.index = index
         if voxel_norm not in VOXEL_NORMS:
-            raise ValueError(f"voxel_norm {voxel_norm!r}: expected one of {list(VOXEL_NORMS)}")
+            raise UserError(f"voxel_norm {voxel_norm!r}: expected one of {list(VOXEL_NORMS)}")
         self.voxel_norm = voxel_norm
         self.counts = _counts_from_index(self.urls, index)
         if self.counts is None and mode == "train":

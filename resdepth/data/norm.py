@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from resdepth.utils.errors import UserError
+
 KINDS = ("log", "linear", "inverse")
 
 
@@ -25,9 +27,9 @@ class DepthNorm:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"depth normalisation kind {self.kind!r}: expected one of {KINDS}")
+            raise UserError(f"depth normalisation kind {self.kind!r}: expected one of {KINDS}")
         if not (self.max_depth > 0 and self.min_depth > 0 and self.alpha > 0):
-            raise ValueError(f"depth normalisation needs positive max_depth, min_depth, alpha: {self}")
+            raise UserError(f"depth normalisation needs positive max_depth, min_depth, alpha: {self}")
 
     def normalize(self, depth_m: torch.Tensor) -> torch.Tensor:
         """Metres to [0, 1]; pixels with depth <= 0 (invalid) give 0."""

@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from resdepth.utils.errors import UserError
+
 
 def events_to_voxel(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, bins: int,
                     height: int, width: int, t0: Optional[float] = None,
@@ -27,7 +29,7 @@ def events_to_voxel(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, 
     The grid is not normalised: a net's input is made from it by ``resdepth.data.netinput``.
     """
     if splat not in SPLATS:
-        raise ValueError(f"splat must be one of {SPLATS}, got {splat!r}")
+        raise UserError(f"splat must be one of {SPLATS}, got {splat!r}")
     grid = np.zeros(bins * height * width, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
     if t.size == 0:
@@ -106,4 +108,4 @@ def apply_voxel_norm(grid: np.ndarray, kind: str) -> np.ndarray:
         return grid
     if kind == "nonzero":
         return normalize_voxel(grid)
-    raise ValueError(f"voxel normalisation {kind!r}: expected one of {list(VOXEL_NORMS)}")
+    raise UserError(f"voxel normalisation {kind!r}: expected one of {list(VOXEL_NORMS)}")

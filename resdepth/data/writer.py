@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import webdataset as wds
 
 from resdepth.data import format as fmt
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -180,7 +181,7 @@ def write_split(out_dir: str | os.PathLike, source: Any, per_shard: int, params:
     """
     out_dir = Path(out_dir)
     if per_shard < 1:
-        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+        raise UserError(f"per_shard must be >= 1, got {per_shard}")
     n = len(source)
     params = {**params, "samples": n}
     if resume and (out_dir / fmt.INDEX_NAME).exists():

@@ -103,7 +103,7 @@ def deterministic_sampler(net: nn.Module, latents: torch.Tensor, cond: torch.Ten
                           global_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Probability-flow ODE solved with Heun (2nd order) or Euler steps on the EDM schedule."""
     if solver not in ("heun", "euler"):
-        raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+        raise UserError(f"solver must be 'heun' or 'euler', got {solver!r}")
     t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, latents.device)
     denoise = make_denoiser(net, cond, patching, global_cond)
     return _edm_solve(denoise, latents, t_steps, [0.0] * num_steps, torch.randn_like, 0.0,
@@ -180,7 +180,7 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
         draws = [mean] * members
     else:
         if sampler not in ("stochastic", "deterministic"):
-            raise ValueError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
+            raise UserError(f"sampler must be 'stochastic' or 'deterministic', got {sampler!r}")
         net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if hr_mean_conditioning else cond
         settings = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
         if sampler == "stochastic":

@@ -20,6 +20,7 @@ from resdepth.eval.samples import iter_samples
 from resdepth.infer.parts import save_npy_atomic
 from resdepth.infer.work import split_shards
 from resdepth.utils.atomic import write_json_atomic
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -48,7 +49,7 @@ def per_pixel_mean(depth_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
     """``sum / count`` per pixel; pixels never valid get the global mean (float32, metres)."""
     total = count.sum()
     if total == 0:
-        raise ValueError("the baseline's training split has no valid depth pixel")
+        raise UserError("the baseline's training split has no valid depth pixel")
     global_mean = depth_sum.sum() / total
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, depth_sum / np.maximum(count, 1), global_mean)
@@ -113,5 +114,5 @@ def load_or_compute(train: Path, identity: list, out: Path, shape: tuple[int, in
         dist.barrier()
     base = np.load(path)
     if base.shape != tuple(shape):
-        raise ValueError(f"{path} is {base.shape}, the data is {tuple(shape)}; delete it to recompute")
+        raise UserError(f"{path} is {base.shape}, the data is {tuple(shape)}; delete it to recompute")
     return base

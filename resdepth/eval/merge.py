@@ -11,6 +11,7 @@ from resdepth.eval.report import write_report
 from resdepth.eval.scoring import PREDICTORS, SEQ_PREFIX
 from resdepth.infer.parts import missing_units, part_path, read_part, read_plan
 from resdepth.utils.atomic import write_json_atomic
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -32,12 +33,12 @@ def reduce_parts(out: Path, plan: dict) -> dict[str, Any]:
         part = read_part(out, u["name"])
         for key in part.get("keys", []):
             if key in owner:
-                raise ValueError(f"sample key {key!r} is in units {owner[key]} and {u['name']} "
+                raise UserError(f"sample key {key!r} is in units {owner[key]} and {u['name']} "
                                  f"({u['url']}): the split holds it twice and it would count twice "
                                  "(`resdepth-shards verify` lists every duplicate)")
             owner[key] = u["name"]
         if part.get("hash") != plan["hash"]:
-            raise ValueError(f"{part_path(out, u['name'])} was written by another evaluation "
+            raise UserError(f"{part_path(out, u['name'])} was written by another evaluation "
                              f"(hash {part.get('hash')}, plan {plan['hash']})")
         expect = u["stop"] - u["start"] if u["stop"] is not None else None
         if expect is not None and part["num_samples"] != expect:

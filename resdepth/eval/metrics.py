@@ -52,6 +52,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from resdepth.utils.errors import UserError
+
 MIN_DEPTH = 1e-3
 CUTOFFS_M = (10, 20, 30)
 CUTOFF_METRICS = ("mae", "abs_rel", "rmse")
@@ -86,9 +88,9 @@ def align_scale_shift(pred: torch.Tensor, true: torch.Tensor, valid: torch.Tenso
 
 def _check_protocol(protocol: str, max_depth: Optional[float]) -> None:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r}: expected one of {PROTOCOLS}")
+        raise UserError(f"protocol {protocol!r}: expected one of {PROTOCOLS}")
     if protocol != "pooled" and max_depth is None:
-        raise ValueError(f"protocol {protocol!r} needs max_depth (Dmax) and min_depth")
+        raise UserError(f"protocol {protocol!r} needs max_depth (Dmax) and min_depth")
 
 
 def prepare_truth(true: torch.Tensor, valid: torch.Tensor, protocol: str,

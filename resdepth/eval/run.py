@@ -31,6 +31,7 @@ from resdepth.infer.nets import Nets, load_nets, make_patching, resolve_device
 from resdepth.infer.progress import Progress
 from resdepth.infer.sampler import predict
 from resdepth.infer.work import Unit, make_units, split_shards
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -108,7 +109,7 @@ def check_split(data: str, index: Optional[dict], nets: Nets) -> None:
     if index is not None and "shapes" in index:
         found = [int(s) for s in index["shapes"]["events.npy"]]
         if found != list(nets.data_shape):
-            raise ValueError(f"{data} holds events of shape {found}, the nets were trained on "
+            raise UserError(f"{data} holds events of shape {found}, the nets were trained on "
                              f"{list(nets.data_shape)} (bins, height, width)")
 
 
@@ -121,7 +122,7 @@ def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
     check_split(cfg.data, index, nets)
     units = make_units(shards, cfg.unit_size, cfg.max_samples)
     if not units:
-        raise ValueError(f"{cfg.data}: no samples to evaluate")
+        raise UserError(f"{cfg.data}: no samples to evaluate")
     train = baseline_dir(cfg)
     train_identity = baseline_identity(train) if train is not None else None
     plan = make_plan(cfg, nets, units, index, train_identity, device)
@@ -157,7 +158,7 @@ def unit_done(ctx: Context, unit: Unit) -> bool:
     if part is None:
         return False
     if part.get("hash") != ctx.plan_hash:
-        raise ValueError(f"{P.part_path(ctx.out, unit.name)} was written by another evaluation")
+        raise UserError(f"{P.part_path(ctx.out, unit.name)} was written by another evaluation")
     return not ctx.cfg.save_predictions or pred_path(ctx.out, unit.name).exists()
 
 
@@ -184,7 +185,7 @@ def evaluate_unit(ctx: Context, unit: Unit, progress: Progress) -> dict:
             writer.abort()
         raise
     if unit.count is not None and n != unit.count:
-        raise ValueError(f"{unit.url}: {n} samples in [{unit.start}, {unit.stop}), the index says "
+        raise UserError(f"{unit.url}: {n} samples in [{unit.start}, {unit.stop}), the index says "
                          f"{unit.count}")
     if previews:
         P.save_npz_atomic(P.preview_path(ctx.out, unit.name),

@@ -14,6 +14,7 @@ from resdepth.diffusion.patching import GridPatching
 from resdepth.infer.config import InferenceSettings
 from resdepth.models.export import load_export, resolve_export
 from resdepth.models.padding import unet_resolution
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -77,7 +78,7 @@ def check_exports(reg: dict, diff: Optional[dict], reg_src: str, diff_src: Optio
             errors.append(f"condition channels differ: regression {reg['spec'].get('cond_channels')}, "
                           f"diffusion {diff['spec'].get('cond_channels')}")
     if errors:
-        raise ValueError("the exports cannot be evaluated together:\n  " + "\n  ".join(errors))
+        raise UserError("the exports cannot be evaluated together:\n  " + "\n  ".join(errors))
 
 
 def data_differences(a: dict, b: dict) -> list[str]:
@@ -117,7 +118,7 @@ def make_patching(cfg: InferenceSettings, nets: Nets,
     h, w = frame or nets.data_shape[1:]
     if cfg.patch:
         if not nets.diffusion_meta["spec"].get("patching", False):
-            raise ValueError(f"--patch {cfg.patch}: {cfg.diffusion} was trained on whole frames "
+            raise UserError(f"--patch {cfg.patch}: {cfg.diffusion} was trained on whole frames "
                              "(its spec has patching=false) and takes no patch condition")
         return GridPatching((h, w), (cfg.patch, cfg.patch), cfg.overlap, cfg.boundary)
     if nets.diffusion_meta["spec"].get("patching", False):
@@ -130,7 +131,7 @@ def resolve_device(cfg: InferenceSettings) -> torch.device:
     if cfg.device == "cpu":
         return torch.device("cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no GPU is visible")
+        raise UserError("device=cuda but no GPU is visible")
     return dist.device()
 
 

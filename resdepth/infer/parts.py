@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from resdepth.utils.atomic import replacing, write_json_atomic
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -35,12 +36,12 @@ def read_json(path: Path, required: tuple[str, ...], what: str) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); {what}") from e
+        raise UserError(f"{path}: not valid JSON ({e}); {what}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object; {what}")
+        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not an object; {what}")
     missing = [k for k in required if k not in data]
     if missing:
-        raise ValueError(f"{path}: lacks {', '.join(missing)}; {what}")
+        raise UserError(f"{path}: lacks {', '.join(missing)}; {what}")
     return data
 
 
@@ -78,7 +79,7 @@ def write_plan(out: Path, plan: dict, what: str = "evaluation",
     if path.exists():
         old = read_json(path, ("hash",), "delete the output directory and rerun")
         if old.get("hash") != plan["hash"]:
-            raise ValueError(
+            raise UserError(
                 f"{out} holds parts of another {what} (settings hash {old.get('hash')}, this one "
                 f"{plan['hash']}: {settings}); use a new --out directory or delete the old one")
         if old == plan:

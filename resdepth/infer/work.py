@@ -14,6 +14,7 @@ from typing import Optional
 
 from resdepth.data import format as fmt
 from resdepth.data.loader import count_samples, split_urls
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -52,7 +53,7 @@ def make_units(shards: list[tuple[str, Optional[int]]], unit_size: int,
     ``max_samples`` keeps the first N samples of the list (it needs every shard's count).
     """
     if max_samples and any(n is None for _, n in shards):
-        raise ValueError("max_samples needs the sample count of every shard (an index.json in the "
+        raise UserError("max_samples needs the sample count of every shard (an index.json in the "
                          "split directory); without one, evaluate whole shards")
     units: list[Unit] = []
     stems: dict[str, int] = {}

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from resdepth.models.build import build_net, check_same_arch
 from resdepth.utils.atomic import replacing, write_json_atomic
+from resdepth.utils.errors import UserError
 
 EXPORT_VERSION = 1
 
@@ -54,14 +55,14 @@ def load_export(path: str | Path, expected_spec: Optional[dict] = None,
         raise FileNotFoundError(f"{weights}: model.json missing beside it (architecture unknown)")
     meta = json.loads(meta_path.read_text())
     if "spec" not in meta:
-        raise ValueError(f"{meta_path}: no 'spec' key; not a resdepth export")
+        raise UserError(f"{meta_path}: no 'spec' key; not a resdepth export")
     if expected_spec is not None:
         check_same_arch(meta["spec"], expected_spec, str(weights))
     net = build_net(meta["spec"], sigma_data=meta.get("sigma_data", 0.5))
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights}: unreadable safetensors file ({e})") from e
+        raise UserError(f"{weights}: unreadable safetensors file ({e})") from e
     load_unet_state(net, state, str(weights))
     return net.to(device).eval(), meta
 
@@ -81,5 +82,5 @@ def load_unet_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source
             parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
         if shapes:
             parts.append(f"shape mismatch (file vs net): {'; '.join(shapes[:8])}")
-        raise ValueError(f"{source}: weights do not fit the network: " + " | ".join(parts))
+        raise UserError(f"{source}: weights do not fit the network: " + " | ".join(parts))
     net.unet.load_state_dict(state)

@@ -29,6 +29,7 @@ from resdepth.infer.work import Unit, make_units
 from resdepth.predict import outputs
 from resdepth.predict.config import NON_RESULT_KEYS, PredictConfig, validate
 from resdepth.predict.windows import Windows, open_recording
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -74,7 +75,7 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
     check_window(cfg, nets.regression_meta["data"])
     problem = frame_problem(nets, (stream.height, stream.width))
     if problem:
-        raise ValueError(f"{cfg.events}: {problem}")
+        raise UserError(f"{cfg.events}: {problem}")
     if (stream.height, stream.width) != (h, w):
         log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)
@@ -130,7 +131,7 @@ def prepare(cfg: PredictConfig, out: Path) -> tuple[Context, list[Unit], dict]:
     nets = load_nets(cfg, device)
     windows = make_windows(cfg, nets)
     if not len(windows):
-        raise ValueError(f"{cfg.events}: no whole window in the recording "
+        raise UserError(f"{cfg.events}: no whole window in the recording "
                          f"({len(windows.stream)} events from {windows.stream.t_start:.6f} s to "
                          f"{windows.stream.t_end:.6f} s)")
     units = make_units([(str(cfg.events), len(windows))], cfg.unit_size)
@@ -177,7 +178,7 @@ def unit_done(ctx: Context, unit: Unit) -> bool:
     if part is None:
         return False
     if part.get("hash") != ctx.plan_hash:
-        raise ValueError(f"{P.part_path(ctx.out, unit.name)} was written by another prediction")
+        raise UserError(f"{P.part_path(ctx.out, unit.name)} was written by another prediction")
     return True
 
 
@@ -215,7 +216,7 @@ def merge(out_dir) -> Path:
     for u in plan["units"]:
         part = read_part(out, u["name"])
         if part.get("hash") != plan["hash"]:
-            raise ValueError(f"{P.part_path(out, u['name'])} was written by another prediction")
+            raise UserError(f"{P.part_path(out, u['name'])} was written by another prediction")
         rows += part["windows"]
     if len(rows) != plan["num_samples"]:
         raise IncompletePrediction(f"{out}: {len(rows)} windows in the parts, the plan has "

@@ -19,6 +19,7 @@ from resdepth.data.netinput import net_input
 from resdepth.data.sources import EventStream, detect_format, open_events, safe_key
 from resdepth.data.sources.base import RectifyMapMissing, open_h5
 from resdepth.data.voxel import events_to_voxel
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -42,11 +43,11 @@ def load_rectify_map(path: str | Path) -> np.ndarray:
     else:
         with open_h5(p) as f:
             if "rectify_map" not in f:
-                raise ValueError(f"{path}: no 'rectify_map' dataset")
+                raise UserError(f"{path}: no 'rectify_map' dataset")
             m = f["rectify_map"][()]
     m = np.asarray(m, dtype=np.float64)
     if m.ndim != 3 or m.shape[2] != 2:
-        raise ValueError(f"{path}: a rectification map is [H, W, 2], got {list(m.shape)}")
+        raise UserError(f"{path}: a rectification map is [H, W, 2], got {list(m.shape)}")
     return m
 
 

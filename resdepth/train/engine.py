@@ -21,6 +21,7 @@ from resdepth.config import config_dir
 from resdepth.train.checkpoint import safe_load_deepspeed
 from resdepth.train.config import TrainerConfig
 from resdepth.train.optim import make_optimizer, set_lr
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 LossFn = Callable[[torch.nn.Module, dict, int], torch.Tensor]
@@ -131,13 +132,13 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, use_bf16: bool) -> di
         try:
             ds = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"trainer.deepspeed_config={path}: cannot read DeepSpeed JSON ({e})") from e
+            raise UserError(f"trainer.deepspeed_config={path}: cannot read DeepSpeed JSON ({e})") from e
     zero = dict(ds.get("zero_optimization", {}))
     if cfg.zero_stage is not None:
         zero["stage"] = cfg.zero_stage
     zero.setdefault("stage", 0)
     if zero["stage"] not in (0, 1, 2):
-        raise ValueError(f"ZeRO stage {zero['stage']} is not supported (0, 1 or 2)")
+        raise UserError(f"ZeRO stage {zero['stage']} is not supported (0, 1 or 2)")
     ds.update({"train_micro_batch_size_per_gpu": micro_batch,
                "gradient_accumulation_steps": cfg.grad_accum,
                "train_batch_size": micro_batch * cfg.grad_accum * dist.world_size(),

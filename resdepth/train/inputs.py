@@ -13,6 +13,7 @@ from resdepth.data.loader import ShardStream, peek_shape, split_urls
 from resdepth.data.netinput import input_spec
 from resdepth.data.norm import DepthNorm
 from resdepth.train.config import Config
+from resdepth.utils.errors import UserError
 
 
 def micro_batch_size(cfg: Config) -> int:
@@ -20,7 +21,7 @@ def micro_batch_size(cfg: Config) -> int:
     tc, world = cfg.trainer, dist.world_size()
     per_rank, rem = divmod(tc.batch_size, world * tc.grad_accum)
     if rem or per_rank < 1:
-        raise ValueError(f"trainer.batch_size={tc.batch_size} must be a multiple of world size "
+        raise UserError(f"trainer.batch_size={tc.batch_size} must be a multiple of world size "
                          f"({world}) x trainer.grad_accum ({tc.grad_accum})")
     return per_rank
 
@@ -60,7 +61,7 @@ class TrainInputs:
         data, seed = cfg.data, cfg.run.seed
         micro = micro_batch_size(cfg)
         if not data.root and not data.train_urls:
-            raise ValueError("data.root is empty: point it at a directory holding train/ and val/ "
+            raise UserError("data.root is empty: point it at a directory holding train/ and val/ "
                              "(make one with `resdepth-shards synth --out DIR`)")
         train_src = data.train_urls or str(Path(data.root) / "train")
         if not data.train_urls and not (Path(train_src) / "index.json").is_file():

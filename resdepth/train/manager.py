@@ -25,6 +25,7 @@ from resdepth.train.optim import EMA, lr_at, schedule_steps
 from resdepth.train.rundir import write_stop_marker
 from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.state import TrainState
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 # Keys that may change between a run and its resumption without breaking exactness. max_steps is
@@ -157,7 +158,7 @@ class CheckpointManager:
                         "resuming anyway, the run is no longer an exact continuation",
                         path, meta.get("resume_hash"), resumable_hash(self.cfg))
         if meta.get("backend") != self.parts.engine.name:
-            raise ValueError(f"{path} was written by trainer.backend={meta.get('backend')}, "
+            raise UserError(f"{path} was written by trainer.backend={meta.get('backend')}, "
                              f"this run uses {self.parts.engine.name}")
 
     def _check_lr_schedule(self, path: Path, saved: Optional[dict[str, Any]]) -> None:

@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 
+from resdepth import dist
+
 log = logging.getLogger("resdepth")
 
 REQUEUE_EXIT_CODE = 3  # "saved on a stop signal; requeue me" (0 = finished, anything else = failed)
@@ -39,8 +41,6 @@ class StopFlag:
         if signum == signal.SIGINT:
             if self.signal_name == "SIGINT":
                 raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
-            from resdepth import dist  # torch: kept out of `import resdepth.train` (the launcher's)
-
             if dist.is_main():  # os.write, not logging: a handler may interrupt a log call
                 os.write(2, b"\nCtrl-C: saving a checkpoint after this step, then exiting with status "
                          b"3; press Ctrl-C again to abort without saving\n")

@@ -18,6 +18,7 @@ from resdepth.models.build import build_net, check_same_arch
 from resdepth.models.export import load_export, load_unet_state
 from resdepth.train.checkpoint import Checkpointer, safe_load
 from resdepth.train.config import Config
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -54,7 +55,7 @@ def measure_residual_std(regression_net: torch.nn.Module, stream, device: torch.
         seen += events.shape[0]
     dist.all_reduce_sum(totals)
     if totals[0] < 2:
-        raise ValueError("no valid depth pixel in the train samples read to measure the residual "
+        raise UserError("no valid depth pixel in the train samples read to measure the residual "
                          "std; set diffusion.sigma_data explicitly")
     mean = totals[1] / totals[0]
     return float((totals[2] / totals[0] - mean ** 2).clamp_min(0).sqrt())
@@ -88,7 +89,7 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
     normalisation, naming what differs.
     """
     if not path:
-        raise ValueError("model.stage=diffusion needs model.regression_ckpt: the regression run "
+        raise UserError("model.stage=diffusion needs model.regression_ckpt: the regression run "
                          "directory, one of its checkpoints, or its export/model.safetensors")
     p = Path(path)
     if not p.exists():
@@ -114,11 +115,11 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
         net = net.to(device)
         source = str(ckpt_dir)
     if meta.get("norm") is not None and meta["norm"] != norm.to_dict():
-        raise ValueError(f"{source}: the regression net was trained with depth normalisation "
+        raise UserError(f"{source}: the regression net was trained with depth normalisation "
                          f"{meta['norm']}, this run uses {norm.to_dict()}")
     trained_voxel_norm = (meta.get("data") or {}).get("voxel_norm", "none")
     if trained_voxel_norm != voxel_norm:
-        raise ValueError(f"{source}: the regression net was trained with data.voxel_norm="
+        raise UserError(f"{source}: the regression net was trained with data.voxel_norm="
                          f"{trained_voxel_norm}, this run uses data.voxel_norm={voxel_norm}")
     log.info("frozen regression net loaded from %s", source)
     return net.eval().requires_grad_(False)

@@ -1,7 +1,7 @@
 """The config reference in docs/configuration.md is generated from the dataclasses and must be current."""
 from pathlib import Path
 
-from resdepth.config.reference import DEFAULT_PAGE, END, START, main, reference_markdown
+from resdepth.reference import DEFAULT_PAGE, END, START, main, reference_markdown
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

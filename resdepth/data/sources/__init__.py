@@ -27,6 +27,7 @@ from resdepth.data.sources.base import (ConcatSource, DepthFrames, Events, Event
 from resdepth.data.sources.npz import NpzSource
 from resdepth.data.sources.shards import TarSource
 from resdepth.data.sources.synth import SynthSource
+from resdepth.utils.errors import UserError
 
 __all__ = ["EVENT_ONLY_FORMATS", "FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream",
            "LabelledSource", "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
@@ -53,18 +54,18 @@ def detect_format(path: str | Path) -> str:
         for group, fmt_name in (("davis", "mvsec"), ("events", "dsec"), ("prophesee", "m3ed")):
             if group in groups and fmt_name in FORMATS:
                 return fmt_name
-        raise ValueError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
+        raise UserError(f"{path}: an HDF5 file with groups {sorted(groups)}, none of a known "
                          f"recording layout; pass --format (one of {formats})")
     if name.endswith("_data.hdf5"):
         return "mvsec"
-    raise ValueError(f"{path}: cannot tell the recording format from its name; pass --format "
+    raise UserError(f"{path}: cannot tell the recording format from its name; pass --format "
                      f"(one of {formats})")
 
 
 def reader(format: str) -> ModuleType:
     """The module reading ``format``."""
     if format not in FORMATS + EVENT_ONLY_FORMATS:
-        raise ValueError(f"unknown dataset format {format!r}; one of "
+        raise UserError(f"unknown dataset format {format!r}; one of "
                          f"{', '.join(FORMATS + EVENT_ONLY_FORMATS)}")
     return importlib.import_module(f"resdepth.data.sources.{format}")
 
@@ -79,7 +80,7 @@ def open_depth(format: str, src: str, sequence: Optional[str] = None, **options:
     """The depth frames of one recording."""
     mod = reader(format)
     if not hasattr(mod, "open_depth"):
-        raise ValueError(f"format {format!r} has no separate depth frames")
+        raise UserError(f"format {format!r} has no separate depth frames")
     return mod.open_depth(src, sequence, **options)
 
 
@@ -87,7 +88,7 @@ def list_sequences(format: str, src: str) -> list[str]:
     """The sequences under ``src`` that have events and depth."""
     mod = reader(format)
     if not hasattr(mod, "list_sequences"):
-        raise ValueError(f"format {format!r} has no sequences; pass the directory itself")
+        raise UserError(f"format {format!r} has no sequences; pass the directory itself")
     return mod.list_sequences(src)
 
 
@@ -100,12 +101,12 @@ def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int 
     frames ``frames[0] <= i < frames[1]`` of each."""
     if format == "npz":
         if sequences or frames != (None, None):
-            raise ValueError("--sequence and --frames do not apply to --format npz (pass the directory)")
+            raise UserError("--sequence and --frames do not apply to --format npz (pass the directory)")
         return NpzSource(str(src), bins, height, width, splat=splat)
     mod = reader(format)
     if format == "dense":
         if window != Window() or frames != (None, None):
-            raise ValueError("DENSE ships voxel grids: --window-ms, --events-per-sample and "
+            raise UserError("DENSE ships voxel grids: --window-ms, --events-per-sample and "
                              "--frames do not apply")
         parts = mod.pack_parts(src, sequences, bins)
         return parts[0] if len(parts) == 1 else ConcatSource(parts)

@@ -30,6 +30,7 @@ import numpy as np
 
 from resdepth.data import format as fmt
 from resdepth.data.voxel import SPLATS, events_to_voxel
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -288,11 +289,11 @@ class Window:
 
     def __post_init__(self) -> None:
         if self.mode not in ("depth", "ms", "count"):
-            raise ValueError(f"window mode must be depth, ms or count, got {self.mode!r}")
+            raise UserError(f"window mode must be depth, ms or count, got {self.mode!r}")
         if self.mode == "ms" and self.ms <= 0:
-            raise ValueError(f"--window-ms must be > 0, got {self.ms}")
+            raise UserError(f"--window-ms must be > 0, got {self.ms}")
         if self.mode == "count" and self.count <= 0:
-            raise ValueError(f"--events-per-sample must be > 0, got {self.count}")
+            raise UserError(f"--events-per-sample must be > 0, got {self.count}")
 
     def describe(self) -> dict[str, Any]:
         return {"window": self.mode, **({"window_ms": self.ms} if self.mode == "ms" else {}),
@@ -319,7 +320,7 @@ class LabelledSource:
                  window: Window = Window(), splat: str = "round", where: str = "",
                  frames: tuple[Optional[int], Optional[int]] = (None, None)) -> None:
         if splat not in SPLATS:
-            raise ValueError(f"splat must be one of {SPLATS}, got {splat!r}")
+            raise UserError(f"splat must be one of {SPLATS}, got {splat!r}")
         check_same_size(events, depth, where or events.sequence)
         self.source, self.events, self.depth = source, events, depth
         self.bins, self.window, self.splat = int(bins), window, splat

@@ -18,6 +18,7 @@ import numpy as np
 
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import Record, safe_key
+from resdepth.utils.errors import UserError
 
 MATCH_TOL_S = 1e-6
 
@@ -98,5 +99,5 @@ def pack_parts(src: str | Path, sequences: Sequence[str], bins: Optional[int]) -
 
 def open_events(src: str | Path, sequence: Optional[str] = None, **_: Any) -> Any:
     """DENSE ships voxel grids, not raw events: there is no event stream to open."""
-    raise ValueError("DENSE ships voxel grids (events/voxels/*.npy), not raw events; it can be "
+    raise UserError("DENSE ships voxel grids (events/voxels/*.npy), not raw events; it can be "
                      "packed but not read as an event stream")

@@ -28,6 +28,7 @@ import numpy as np
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import (DepthFrames, EventStream, MsIndexMixin,
                                         RectifyMapMissing, checked_times, open_h5)
+from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
@@ -198,7 +199,7 @@ def sequence_of(folder: Path) -> str:
 def open_depth(src: str | Path, sequence: Optional[str] = None, camera: str = "left") -> DsecDepth:
     """The depth of ``src/<sequence>`` (disparity of the left event camera)."""
     if camera != "left":
-        raise ValueError("DSEC disparity is given in the left event camera's frame; use --camera left")
+        raise UserError("DSEC disparity is given in the left event camera's frame; use --camera left")
     d = sequence_dir(src, sequence)
     with open_h5(d / "events" / "left" / "events.h5") as f:
         t_offset = int(f["t_offset"][()])

@@ -18,6 +18,7 @@ import numpy as np
 
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import DepthFrames, EventStream, checked_times, open_h5
+from resdepth.utils.errors import UserError
 
 SENSOR_HW = (720, 1280)
 
@@ -108,7 +109,7 @@ def open_events(src: str | Path, sequence: Optional[str] = None, camera: str = "
 def open_depth(src: str | Path, sequence: Optional[str] = None, camera: str = "left") -> M3edDepth:
     """The depth of ``src/<sequence>_depth_gt.h5``."""
     if camera != "left":
-        raise ValueError("M3ED depth is given for the left event camera; use --camera left")
+        raise UserError("M3ED depth is given for the left event camera; use --camera left")
     path, name = _file(src, sequence, "_depth_gt.h5")
     return M3edDepth(path, name)
 

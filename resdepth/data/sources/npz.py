@@ -19,6 +19,7 @@ import numpy as np
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import InMemoryEvents, Record, safe_key
 from resdepth.data.voxel import events_to_voxel
+from resdepth.data.writer import duplicate_key_message
 
 
 def load_npz(path: str | Path) -> Any:
@@ -54,8 +55,6 @@ class NpzSource:
         for path in self.files:  # refused before anything is written
             other = first.setdefault(safe_key(Path(path).stem), Path(path).name)
             if other != Path(path).name:
-                from resdepth.data.writer import duplicate_key_message
-
                 raise fmt.DataError(f"{self.src}: " + duplicate_key_message(
                     safe_key(Path(path).stem), other, Path(path).name))
 
