@@ -6,8 +6,9 @@ setup(
     version="0.1.0",
     description="Distributed training of residual-diffusion depth estimators for event cameras",
     python_requires=">=3.10",
-    packages=find_packages(include=["resdepth", "resdepth.*", "launch", "launch.*",
-                                    "shards_tools", "shards_tools.*"]),
+    # Only resdepth is installed: launch/ and shards_tools/ hold shell scripts, not modules that
+    # could shadow other projects' top-level `launch` or `shards_tools`.
+    packages=find_packages(include=["resdepth", "resdepth.*"]),
     package_data={"launch": ["*.sh"]},
     install_requires=[
         "torch>=2.4",
@@ -30,7 +31,7 @@ setup(
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={
         "console_scripts": [
-            "resdepth-shards=shards_tools.cli:main",
+            "resdepth-shards=resdepth.data.cli:main",
             "resdepth-train=resdepth.train.__main__:cli",
             "resdepth-eval=resdepth.eval.__main__:cli",
             "resdepth-predict=resdepth.predict.__main__:cli",

@@ -133,7 +133,7 @@ def trainer_section(args, device: torch.device, hw: tuple[int, int], model: list
     """The real trainer on synthetic shards: images/s and data wait from its stats.jsonl."""
     work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     n = max(4 * args.batch, 64) if device.type == "cuda" else 8
-    subprocess.run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(work / "d"),
+    subprocess.run([sys.executable, "-m", "resdepth.data.cli", "synth", "--out", str(work / "d"),
                     "--train", str(n), "--val", "4", "--test", "4", "--height", str(hw[0]),
                     "--width", str(hw[1]), "--bins", str(BINS), "--workers", str(min(8, os.cpu_count() or 1))],
                    check=True, capture_output=True, cwd=REPO)

@@ -118,7 +118,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train_bench_"))
     root = Path(args.shards) if args.shards else work / "shards"
     if not args.shards:
-        subprocess.run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(root),
+        subprocess.run([sys.executable, "-m", "resdepth.data.cli", "synth", "--out", str(root),
                         "--train", str(args.samples), "--val", "16", "--test", "16", "--workers", "2"],
                        check=True, capture_output=True, cwd=REPO)
     import torch

@@ -47,11 +47,11 @@ def make_shards(root: Path) -> None:
     if all((root / s / "index.json").exists() for s in SHARDS):
         console.print(f"shards already in {root}")
     else:
-        run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(root),
+        run([sys.executable, "-m", "resdepth.data.cli", "synth", "--out", str(root),
              "--train", str(SHARDS["train"]), "--val", str(SHARDS["val"]), "--test",
              str(SHARDS["test"]), "--workers", "2", "--resume"])
-    run([sys.executable, "-m", "shards_tools.cli", "verify", str(root / "train")])
-    run([sys.executable, "-m", "shards_tools.cli", "inspect", str(root / "test"), "--png",
+    run([sys.executable, "-m", "resdepth.data.cli", "verify", str(root / "train")])
+    run([sys.executable, "-m", "resdepth.data.cli", "inspect", str(root / "test"), "--png",
          str(root.parent / "preview.png")])
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from resdepth.data import format as fmt
 from resdepth.data.loader import ShardStream
-from shards_tools.cli import main
+from resdepth.data.cli import main
 from tests.shards import rewrite_shard
 
 

@@ -164,7 +164,7 @@ def _strict(text: str):
 def test_metrics_of_a_split_without_valid_pixel_are_strict_json(exports, tmp_path):
     """No valid depth pixel: every ratio metric is undefined and written as null (strict JSON),
     in metrics.json, the parts, and training's stats.jsonl (a step without a gradient norm)."""
-    from resdepth.train.monitor import Monitor
+    from resdepth.train.monitor import StatsWriter
 
     split = tmp_path / "data" / "test"
     write_split(split, [3], seed=6)
@@ -184,8 +184,8 @@ def test_metrics_of_a_split_without_valid_pixel_are_strict_json(exports, tmp_pat
     assert parts
     for part in parts:
         _strict(part.read_text())
-    mon = Monitor(tmp_path / "run", 0, 10, enabled=True)
-    mon.stats(1, {"loss": 0.5, "grad_norm": float("nan")})
+    (tmp_path / "run").mkdir()
+    StatsWriter(tmp_path / "run", 0).scalars(1, {"train/loss": 0.5, "train/grad_norm": float("nan")})
     line = _strict((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
     assert line["grad_norm"] is None and line["loss"] == 0.5
 

@@ -188,7 +188,7 @@ def test_standin_requeue_limit_ends_failed_and_status_says_so(tmp_path, capsys):
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     # resdepth-shards synth ... (the module form works before the console script is installed)
-    subprocess.run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(out), "--train", "64", "--val", "16",
+    subprocess.run([sys.executable, "-m", "resdepth.data.cli", "synth", "--out", str(out), "--train", "64", "--val", "16",
                     "--test", "16", "--height", "32", "--width", "32"], check=True)
     return out
 

@@ -133,7 +133,7 @@ def test_equals_evaluation_of_the_same_windows_packed_with_depth(one_process, ex
     src = tmp_path / "mvsec"
     shutil.copytree(mvsec.parent, src)
     write_mvsec_depth(src, "outdoor_day1", window_ends())
-    run_command([*_py(), "-m", "shards_tools.cli", "pack", "--format", "mvsec", "--src", str(src),
+    run_command([*_py(), "-m", "resdepth.data.cli", "pack", "--format", "mvsec", "--src", str(src),
                  "--sequence", "outdoor_day1", "--out", str(tmp_path / "test"), "--window-ms",
                  str(DUR_MS), "--bins", str(BINS)])
     ev_out = tmp_path / "eval"
@@ -378,7 +378,7 @@ def test_png_depth_holds_the_nets_whole_range(tmp_path, caplog):
     kept; 0 is no depth, a tiny positive depth is not; beyond 255.99 m is clipped with a warning."""
     import imageio.v3 as iio
 
-    from resdepth.predict.__main__ import build_parser
+    from resdepth.predict.cli import build_parser
     from resdepth.predict.outputs import write_array
 
     depth = np.array([[80.0, 65.535, 70.0, 255.99],
@@ -401,7 +401,7 @@ def test_missing_maps_hint_names_predicts_own_flag(dataset, tmp_path, capsys):
     no --no-rectify); resdepth-shards pack keeps its own --no-rectify."""
     from resdepth.predict.config import PredictConfig
     from resdepth.predict.windows import open_recording
-    from shards_tools.cli import main as shards
+    from resdepth.data.cli import main as shards
     from tests.data.sources import fakes
 
     if dataset == "mvsec":
@@ -479,7 +479,7 @@ def test_export_records_the_voxelisation_and_prediction_follows_it(mvsec, tmp_pa
     src = tmp_path / "mvsec"
     shutil.copytree(mvsec.parent, src)
     write_mvsec_depth(src, "outdoor_day1", window_ends())
-    run_command([*_py(), "-m", "shards_tools.cli", "pack", "--format", "mvsec", "--src", str(src),
+    run_command([*_py(), "-m", "resdepth.data.cli", "pack", "--format", "mvsec", "--src", str(src),
                  "--sequence", "outdoor_day1", "--out", str(tmp_path / "shards" / "train"),
                  "--window-ms", str(DUR_MS), "--bins", str(BINS), "--splat", "bilinear"])
     run = tmp_path / "reg"

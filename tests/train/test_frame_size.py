@@ -22,7 +22,7 @@ NET = ["model.channel_mult=[1,2,2]", "model.attn_resolutions=[7]", "data.voxel_n
 @pytest.fixture(scope="module")
 def odd_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("odd_shards")
-    subprocess.run([sys.executable, "-m", "shards_tools.cli", "synth", "--out", str(root),
+    subprocess.run([sys.executable, "-m", "resdepth.data.cli", "synth", "--out", str(root),
                     "--train", "8", "--val", "4", "--test", "5", "--height", str(H),
                     "--width", str(W), "--bins", "3", "--per-shard", "4", "--seed", "2"],
                    check=True, capture_output=True)

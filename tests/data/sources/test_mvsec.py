@@ -8,8 +8,8 @@ import pytest
 
 from resdepth.data import format as fmt
 from resdepth.data.sources import FORMATS, open_events
-from shards_tools.cli import FORMATS as CLI_FORMATS
-from shards_tools.cli import main
+from resdepth.data.cli import FORMATS as CLI_FORMATS
+from resdepth.data.cli import main
 from tests.data.sources.fakes import float16_error_ok, voxel_reference, write_mvsec
 
 H, W = 260, 346

@@ -17,13 +17,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from resdepth.data import format as fmt
+from resdepth.data.format import DataError, make_sample, read_index
+from resdepth.data.sources import FORMATS, SynthSource, TarSource, Window, detect_format, pack_source
+from resdepth.data.synthetic import SynthParams
+from resdepth.data.verify import recompute_stats, verify_split
+from resdepth.data.writer import write_split
 from resdepth.utils.errors import UserError
-
-FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")  # resdepth.data.sources.FORMATS, kept here so --help imports nothing
+from resdepth.utils.logging import setup_logging
+from resdepth.utils.viz import colorize_depth, colorize_events, save_grid
 
 log = logging.getLogger("resdepth")
 console = Console(highlight=False)
@@ -60,9 +67,6 @@ def index_table(title: str, index: dict) -> Table:
 
 # ---- subcommands --------------------------------------------------------------------------
 def cmd_synth(a: argparse.Namespace) -> int:
-    from resdepth.data.sources import SynthSource
-    from resdepth.data.synthetic import SynthParams
-    from resdepth.data.writer import write_split
 
     params = SynthParams(height=a.height, width=a.width, bins=a.bins)
     for split, n in (("train", a.train), ("val", a.val), ("test", a.test)):
@@ -77,16 +81,13 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _pack_source(a: argparse.Namespace) -> Any:
-    from resdepth.data.sources import FORMATS, Window, detect_format, pack_source
 
     src = Path(a.src)
     fmt_name = a.format
     rectify: bool | str = not a.no_rectify
     if fmt_name is None:  # inferred from the path, as before --format existed
-        try:  # a directory of .npz files, or a recording file told apart as prediction does
-            fmt_name = "npz" if src.is_dir() else detect_format(src)
-        except ValueError as e:
-            raise SystemExit(f"resdepth-shards pack: {e}") from e
+        # a directory of .npz files, or a recording file told apart as prediction does
+        fmt_name = "npz" if src.is_dir() else detect_format(src)
         if fmt_name not in FORMATS or (fmt_name == "npz" and not src.is_dir()):
             raise SystemExit(f"resdepth-shards pack: {src}: pass --format (or a directory of .npz "
                              "files, or an HDF5 recording of MVSEC, DSEC or M3ED)")
@@ -128,7 +129,6 @@ def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
     """Samples per shard: --per-shard, or as many as fit in --max-shard-mb (first sample's size)."""
     if a.max_shard_mb is None:
         return a.per_shard
-    from resdepth.data.format import make_sample
 
     key, ev, depth, mask, meta = next(iter(source.samples(0, 1)))
     size = sum(len(v) + 1024 for k, v in make_sample(key, ev, depth, mask, meta).items()
@@ -137,8 +137,6 @@ def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
-    from resdepth.data.format import DataError
-    from resdepth.data.writer import write_split
 
     source = _pack_source(a)
     parts = getattr(source, "parts", [source])
@@ -161,7 +159,6 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from resdepth.data.verify import verify_split
 
     with progress_bar(f"verify {a.dir}") as update:
         report = verify_split(a.dir, update)
@@ -178,7 +175,6 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    from resdepth.data.verify import recompute_stats
 
     with progress_bar(f"stats {a.dir}") as update:
         index = recompute_stats(a.dir, update)
@@ -187,7 +183,6 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def _inspect_samples(path: Path, limit: int) -> list[dict]:
-    from resdepth.data import format as fmt
 
     urls = [str(path)] if path.is_file() else fmt.shard_paths(path)
     out: list[dict] = []
@@ -200,11 +195,9 @@ def _inspect_samples(path: Path, limit: int) -> list[dict]:
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    import numpy as np
 
     path = Path(a.path)
     if path.is_dir():
-        from resdepth.data.format import read_index
 
         console.print(index_table(str(path), read_index(path)))
     samples = _inspect_samples(path, a.n)
@@ -227,9 +220,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 def write_preview(samples: list[dict], png: str) -> None:
     """Rows of samples: event voxel bins, their sum, and colour-mapped depth."""
-    import numpy as np
 
-    from resdepth.utils.viz import colorize_depth, colorize_events, save_grid
 
     rows, bins = [], samples[0]["events"].shape[0]
     for s in samples[:8]:
@@ -242,8 +233,6 @@ def write_preview(samples: list[dict], png: str) -> None:
 
 
 def cmd_reshard(a: argparse.Namespace) -> int:
-    from resdepth.data.sources import TarSource
-    from resdepth.data.writer import write_split
 
     source = TarSource(a.src)
     meta = {"command": "reshard", "per_shard": a.per_shard, **source.describe()}
@@ -339,14 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``resdepth-shards``; returns (and exits with) the status."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from resdepth.data.format import DataError
-    from resdepth.utils.logging import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
         code = args.fn(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (UserError, FileNotFoundError) as e:
         err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}", soft_wrap=True)
         code = 1
     except KeyboardInterrupt:
