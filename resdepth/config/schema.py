@@ -7,7 +7,7 @@ from resdepth.config.core import opt
 from resdepth.data.config import DataConfig
 from resdepth.diffusion.config import DiffusionConfig
 from resdepth.models.config import ModelConfig
-from resdepth.train.config import RunConfig, TrainerConfig
+from resdepth.train.config import LoggingConfig, RunConfig, TrainerConfig
 
 
 @dataclass
@@ -17,3 +17,4 @@ class Config:
     model: ModelConfig = opt(None, "Network architecture and stage.")
     diffusion: DiffusionConfig = opt(None, "EDM residual loss and samplers.")
     trainer: TrainerConfig = opt(None, "Optimisation, distribution and checkpoints.")
+    logging: LoggingConfig = opt(None, "Optional loggers beside TensorBoard and stats.jsonl (Weights & Biases).")

@@ -32,12 +32,13 @@ from resdepth.train.optim import EMA, lr_at, schedule_steps
 from resdepth.train.rundir import claim_run_dir, write_stop_marker
 from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.stage import build_loss, load_regression_net, predict_panels
+from resdepth.train.wandb_sink import open_sink
 from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
 # Keys that may change between a run and its resumption without breaking exactness. max_steps is
 # one of them only as the stopping point: the cosine schedule's length enters the hash by itself.
-RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume")
+RESUME_FREE_KEYS = ("run", "logging", "trainer.max_steps", "trainer.resume")
 # Test hook: rank 0 sends itself SIGUSR2 after this step (as Slurm's submitit signals rank 0 only).
 FAULT_SIGNAL_ENV = "RESDEPTH_FAULT_SIGNAL_AT_STEP"
 
@@ -440,7 +441,8 @@ class Trainer:
     def run(self) -> int:
         cfg, tc = self.cfg, self.cfg.trainer
         self.resume()
-        monitor = Monitor(self.run_dir, self.step, tc.max_steps, dist.is_main())
+        monitor = Monitor(self.run_dir, self.step, tc.max_steps, dist.is_main(),
+                          wandb=open_sink(self.run_dir, cfg) if dist.is_main() else None)
         self.stop.install()
         self.last_save_time = time.monotonic()
         timing = {"elapsed": 0.0, "wait": 0.0, "images": 0}

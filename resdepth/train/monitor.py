@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 from rich.console import Console
@@ -37,8 +38,10 @@ def truncate_stats(path: Path, after_step: int) -> None:
 class Monitor:
     """Rank-0 sinks for progress, scalars, images and the stats file."""
 
-    def __init__(self, run_dir: Path, start_step: int, max_steps: int, enabled: bool):
+    def __init__(self, run_dir: Path, start_step: int, max_steps: int, enabled: bool,
+                 wandb: Optional[Any] = None):
         self.enabled = enabled
+        self.wandb = wandb  # a resdepth.train.wandb_sink.WandbSink, when logging.wandb is on
         self.stats_path = Path(run_dir) / "stats.jsonl"
         self.tb = None
         self.progress = None
@@ -63,6 +66,8 @@ class Monitor:
             return
         for k, v in values.items():
             self.tb.add_scalar(f"{prefix}/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.scalars(step, {f"{prefix}/{k}": v for k, v in values.items()})
 
     def stats(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -76,6 +81,8 @@ class Monitor:
             return
         for name, img in panels.items():
             self.tb.add_image(f"images/{name}", img, step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.images(step, {f"images/{name}": img for name, img in panels.items()})
 
     def advance(self, step: int, info: str) -> None:
         if self.progress is not None:
@@ -87,3 +94,5 @@ class Monitor:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
