@@ -23,6 +23,7 @@ from resdepth.eval.config import EvalConfig, resolve_tasks, result_hash, validat
 from resdepth.eval.predict import Nets, load_nets, make_patching, predict, residual_std, resolve_device
 from resdepth.eval.progress import EvalProgress
 from resdepth.eval.work import Unit, make_units, split_shards, task_units, worker_units
+from resdepth.train.wandb_sink import log_evaluation
 from resdepth.utils.atomic import write_json_atomic
 from resdepth.utils.logging import setup_logging
 
@@ -141,6 +142,8 @@ def evaluate(cfg: EvalConfig, out: Path, num_tasks: int, task_id: int) -> None:
         else:
             metrics = merge(out)
             dist.print0(summary_line(metrics, out))
+            if cfg.wandb:
+                log_evaluation(out, metrics, cfg.diffusion or cfg.regression, cfg.wandb_project)
 
 
 def depth_range(nets: Nets) -> tuple[float, float]:

@@ -6,10 +6,16 @@ restart by hand, a resume after SIGUSR2) reads it back and continues the same W&
 (online, offline, disabled) is W&B's own: ``WANDB_MODE`` and the other ``WANDB_*`` variables.
 
 A resumed run repeats the steps between its checkpoint and the crash. W&B does not drop them by
-itself: an offline run (a node without network) writes them again and ``wandb sync`` uploads them
-twice. So the sink keeps in ``wandb-run.json`` the last step whose row it committed, and a resumed
-run sends only the steps after it. A step's row (train and val scalars, images) is committed when
-a later step begins or the sink closes, so a row is either wholly on the dashboard or re-sent.
+itself offline (a node without network): the new incarnation writes them again and ``wandb sync``
+uploads both. So a resumed sink sends only the steps after the last one W&B already holds:
+- online, the step the server resumes the run at (``run.starting_step``);
+- offline, the newest step in W&B's own transaction logs of this run (``wandb/*/run-ID.wandb``,
+  what ``wandb sync`` uploads), or the step recorded in ``wandb-run.json`` when the sink last
+  finished cleanly. The logs are read, not trusted to the sink's own count, because W&B buffers
+  them: after a hard kill (SIGKILL, a node failure) only a prefix of the committed rows is on disk,
+  and the rows that are not there are re-sent by the resumed run where it can (after its checkpoint).
+A step's row (train and val scalars, images) is committed when a later step begins or the sink
+closes, so a row goes to W&B whole.
 
 W&B never stops training: not installed, not logged in, no network, or an error while logging,
 each gives one warning and the run goes on with TensorBoard. ``wandb`` is imported only here, in
@@ -23,9 +29,10 @@ import logging
 import os
 import secrets
 import string
+import struct
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -79,10 +86,54 @@ def stage1_record(cfg: Any) -> Optional[dict]:
     return find_run_file(ckpt)
 
 
+def log_records(path: Path) -> Iterator[bytes]:
+    """The records of a W&B transaction log (``run-ID.wandb``): a 7-byte header, then the LevelDB
+    log format (32 KiB blocks of chunks, each ``crc32 u32, length u16, type u8``). A record cut
+    by a kill (a chunk past the end of the file, a first chunk without its last) is not returned:
+    ``wandb sync`` cannot send it either."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b":W&B"):
+        return
+    pos, parts = 7, []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):
+            return  # zero padding (nothing more was written) or a chunk cut short
+        parts.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: the record is complete
+            yield b"".join(parts)
+            parts = []
+
+
+def logged_step(wandb_dir: Path, run_id: str) -> int:
+    """The newest ``_step`` in the transaction logs W&B wrote for ``run_id`` under ``wandb_dir``
+    (every earlier incarnation of the run; -1 when none holds a row)."""
+    from wandb.proto import wandb_internal_pb2 as pb  # optional heavy dependency
+
+    newest = -1
+    for path in sorted(Path(wandb_dir).glob(f"wandb/*/run-{run_id}.wandb")):
+        if path.parent.is_symlink():  # latest-run: the newest incarnation once more
+            continue
+        for raw in log_records(path):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            for item in record.history.item:
+                if (item.key or "/".join(item.nested_key)) == "_step":
+                    newest = max(newest, int(json.loads(item.value_json)))
+    return newest
+
+
 def _init_args(run_dir: Path, cfg: Any, record: Optional[dict], stage1: Optional[dict]) -> dict:
     """Arguments of ``wandb.init`` from the config and the run directory's record."""
     lc = cfg.logging
-    config = dataclasses.asdict(cfg)
+    config = {**dataclasses.asdict(cfg), "run_dir": str(run_dir.resolve())}
     if stage1 is not None:
         config["stage1_wandb_run"] = {k: stage1.get(k) for k in ("id", "project", "entity", "name",
                                                                   "group", "run_dir")}
@@ -106,29 +157,32 @@ class WandbSink:
         args = _init_args(self.run_dir, cfg, record, stage1_record(cfg))
         # Resumes of this directory reuse the id: written before init, so a failed init keeps it.
         self.record = {k: args[k] for k in ("id", "project", "entity", "name", "group")}
-        self.last_step = int(record.get("last_step", -1)) if record else -1
-        self.record["last_step"] = self.last_step
+        finished = int(record.get("last_step", -1)) if record else -1
+        self.record["last_step"] = finished
         self._save_record()
         Path(args["dir"]).mkdir(parents=True, exist_ok=True)
+        # read before init: the new incarnation's own log is being written from then on
+        self.floor = max(finished, logged_step(Path(args["dir"]), args["id"]))
         # console="off": the run's own log files keep the console; W&B must not rewire stdout.
         self.run = wandb.init(**args, settings=wandb.Settings(console="off",
                                                               init_timeout=INIT_TIMEOUT_S))
-        self.run.config.update({"run_dir": str(self.run_dir.resolve())}, allow_val_change=True)
+        if self.run.resumed and not self.run.offline:  # online, the server's history is the truth
+            self.floor = self.run.starting_step - 1
         self.row: dict[str, Any] = {}
-        self.row_step = -1
+        self.row_step = self.last_step = self.floor
         self.skipped = 0
         self.broken = False
         log.info("W&B run %s (%s) in project %s%s", self.run.id, self.run.name, args["project"],
-                 f", continuing after step {self.last_step}" if self.last_step >= 0 else "")
+                 f", continuing after step {self.floor}" if self.floor >= 0 else "")
 
     def _save_record(self) -> None:
         write_json_atomic(self.run_dir / RUN_FILE, self.record)
 
     def _accepts(self, step: int) -> bool:
-        """False once W&B failed, and for the steps already committed before this resume."""
+        """False once W&B failed, and for the steps W&B held before this resume."""
         if self.broken:
             return False
-        if step <= self.last_step:
+        if step <= self.floor:
             self.skipped += 1
             return False
         return True
@@ -145,8 +199,7 @@ class WandbSink:
 
     def _commit(self) -> None:
         self.run.log(self.row, step=self.row_step, commit=True)
-        self.last_step = self.record["last_step"] = self.row_step
-        self._save_record()
+        self.last_step = self.row_step
         self.row = {}
 
     def _fail(self, error: BaseException) -> None:
@@ -171,25 +224,32 @@ class WandbSink:
         self._add(step, values)
 
     def close(self) -> None:
-        """Commit the last row and finish the run, waiting at most ``FINISH_TIMEOUT_S``."""
+        """Commit the last row and finish the run, waiting at most ``FINISH_TIMEOUT_S``; a clean
+        finish records the last step in ``wandb-run.json``."""
         if self.skipped:
-            log.info("W&B: %d logging calls for steps up to %d were already logged before this "
-                     "resume and were not sent again", self.skipped, self.last_step)
+            log.info("W&B: %d logging calls for steps up to %d were not sent again (W&B holds "
+                     "them from before this resume)", self.skipped, self.floor)
         if not self.broken and self.row:
             try:
                 self._commit()
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
-        finisher = threading.Thread(target=self._finish, daemon=True, name="wandb-finish")
+        done = threading.Event()
+        finisher = threading.Thread(target=self._finish, args=(done,), daemon=True,
+                                    name="wandb-finish")
         finisher.start()
         finisher.join(FINISH_TIMEOUT_S)
         if finisher.is_alive():
             log.warning("W&B did not finish within %.0f s; its files are in %s (send them with "
                         "`wandb sync`)", FINISH_TIMEOUT_S, self.run.dir)
+        elif done.is_set() and not self.broken:
+            self.record["last_step"] = self.last_step
+            self._save_record()
 
-    def _finish(self) -> None:
+    def _finish(self, done: threading.Event) -> None:
         try:
             self.run.finish()
+            done.set()
         except Exception as e:  # noqa: BLE001
             log.warning("W&B finish failed (%s: %s)", type(e).__name__, e)
 
@@ -207,4 +267,61 @@ def open_sink(run_dir: Path, cfg: Any) -> Optional[WandbSink]:
     except Exception as e:  # noqa: BLE001 - not logged in, no network, a bad setting: never fatal
         log.warning("logging.wandb=true but W&B did not start (%s: %s); training goes on with "
                     "TensorBoard", type(e).__name__, e)
+    return None
+
+
+def _metrics_table(wandb: Any, metrics: Mapping[str, Any]) -> Any:
+    """One row per predictor of ``metrics.json`` (regression, diffusion, baselines), one column
+    per metric."""
+    rows = {name: m for name, m in metrics.items()
+            if isinstance(m, dict) and name not in ("sequences", "settings")}
+    columns = sorted({k for m in rows.values() for k in m})
+    return wandb.Table(columns=["predictor", *columns],
+                       data=[[name, *(m.get(k) for k in columns)] for name, m in rows.items()])
+
+
+def _eval_run(wandb: Any, out: Path, net: str, project: str) -> tuple[Any, int, Optional[dict]]:
+    """(W&B run, step to log at, training record) for an evaluation of ``net``: its training run
+    continued after its last logged step when it has one, else a new run."""
+    record = find_run_file(net)
+    settings = wandb.Settings(console="off", init_timeout=INIT_TIMEOUT_S)
+    if record is None:
+        run = wandb.init(project=project, name=f"eval-{out.resolve().name}", job_type="eval",
+                         dir=os.environ.get("WANDB_DIR") or str(out), settings=settings)
+        return run, 0, None
+    run = wandb.init(id=record["id"], resume="allow", project=record.get("project"),
+                     entity=record.get("entity"), name=record.get("name"), group=record.get("group"),
+                     dir=os.environ.get("WANDB_DIR") or record["run_dir"], settings=settings)
+    return run, int(record.get("last_step", -1)) + 1, record
+
+
+def log_evaluation(out: Path, metrics: Mapping[str, Any], net: str, project: str) -> Optional[str]:
+    """Log ``metrics.json`` as a table, its numbers as summary values and ``samples.png`` to the
+    W&B run of the training run of ``net`` (a new run when it has none); returns the run id.
+    A failure is a warning: the evaluation's own files are written already."""
+    out = Path(out)
+    try:
+        import wandb  # optional heavy dependency
+
+        run, step, record = _eval_run(wandb, out, net, project)
+        row: dict[str, Any] = {"eval/metrics": _metrics_table(wandb, metrics)}
+        if (out / "samples.png").is_file():
+            row["eval/samples"] = wandb.Image(str(out / "samples.png"))
+        run.log(row, step=step, commit=True)
+        for name, m in metrics.items():
+            if isinstance(m, dict) and name not in ("sequences", "settings"):
+                run.summary.update({f"eval/{name}/{k}": v for k, v in m.items()})
+        run.summary.update({"eval/num_samples": metrics.get("num_samples"), "eval/out": str(out)})
+        run.finish()
+        if record is not None:  # the training run's next row goes after this one
+            write_json_atomic(Path(record["run_dir"]) / RUN_FILE,
+                              {**{k: v for k, v in record.items() if k != "run_dir"},
+                               "last_step": step})
+        log.info("evaluation logged to W&B run %s at step %d", run.id, step)
+        return run.id
+    except ImportError as e:
+        log.warning("wandb=true but wandb cannot be imported (%s): install it with "
+                    "pip install -e '.[wandb]'", e)
+    except Exception as e:  # noqa: BLE001 - the evaluation is done; W&B is a copy of it
+        log.warning("evaluation not logged to W&B (%s: %s)", type(e).__name__, e)
     return None
