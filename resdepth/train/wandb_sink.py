@@ -159,8 +159,9 @@ class WandbSink:
         self.record = {k: args[k] for k in ("id", "project", "entity", "name", "group")}
         finished = int(record.get("last_step", -1)) if record else -1
         self.record["last_step"] = finished
-        self._save_record()
         Path(args["dir"]).mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._save_record()
         # read before init: the new incarnation's own log is being written from then on
         self.floor = max(finished, logged_step(Path(args["dir"]), args["id"]))
         # console="off": the run's own log files keep the console; W&B must not rewire stdout.

@@ -205,7 +205,9 @@ def test_resumed_run_continues_its_wandb_run_with_each_step_once(tiny_shards, tm
     assert "step-0000010" in log.split("resumed from")[1].splitlines()[0]
     logs = transaction_logs(run)
     assert len(logs) == 2 and {p.name for p in logs} == {f"run-{run_id}.wandb"}
-    assert {run_record(p).run_id for p in logs} == {run_id}
+    # a SIGKILL may leave W&B's log of the killed incarnation empty (it buffers): the header only
+    assert run_record(logs[-1]).run_id == run_id
+    assert {run_record(p).run_id for p in logs if records(p, "run")} == {run_id}
     # each step once across both incarnations: what W&B held is not sent again, the rest is
     train_steps = steps_with(logs, "train/loss")
     assert sorted(train_steps) == sorted(set(train_steps))
