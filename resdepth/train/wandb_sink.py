@@ -235,24 +235,30 @@ class WandbSink:
                 self._commit()
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
-        done = threading.Event()
-        finisher = threading.Thread(target=self._finish, args=(done,), daemon=True,
-                                    name="wandb-finish")
-        finisher.start()
-        finisher.join(FINISH_TIMEOUT_S)
-        if finisher.is_alive():
-            log.warning("W&B did not finish within %.0f s; its files are in %s (send them with "
-                        "`wandb sync`)", FINISH_TIMEOUT_S, self.run.dir)
-        elif done.is_set() and not self.broken:
+        if finish_within(self.run, FINISH_TIMEOUT_S) and not self.broken:
             self.record["last_step"] = self.last_step
             self._save_record()
 
-    def _finish(self, done: threading.Event) -> None:
+
+def finish_within(run: Any, seconds: float) -> bool:
+    """``run.finish()`` in a thread, waiting at most ``seconds`` (an upload without network may
+    not end); True when it finished. What is not sent stays in the run's files for ``wandb sync``."""
+    done = threading.Event()
+
+    def finish() -> None:
         try:
-            self.run.finish()
+            run.finish()
             done.set()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the run's own outputs are written already
             log.warning("W&B finish failed (%s: %s)", type(e).__name__, e)
+
+    thread = threading.Thread(target=finish, daemon=True, name="wandb-finish")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.warning("W&B did not finish within %.0f s; its files are in %s (send them with "
+                    "`wandb sync`)", seconds, run.dir)
+    return done.is_set()
 
 
 def open_sink(run_dir: Path, cfg: Any) -> Optional[WandbSink]:
@@ -290,10 +296,14 @@ def _eval_run(wandb: Any, out: Path, net: str, project: str) -> tuple[Any, int, 
         run = wandb.init(project=project, name=f"eval-{out.resolve().name}", job_type="eval",
                          dir=os.environ.get("WANDB_DIR") or str(out), settings=settings)
         return run, 0, None
+    wandb_dir = os.environ.get("WANDB_DIR") or record["run_dir"]
+    held = max(int(record.get("last_step", -1)), logged_step(Path(wandb_dir), record["id"]))
     run = wandb.init(id=record["id"], resume="allow", project=record.get("project"),
                      entity=record.get("entity"), name=record.get("name"), group=record.get("group"),
-                     dir=os.environ.get("WANDB_DIR") or record["run_dir"], settings=settings)
-    return run, int(record.get("last_step", -1)) + 1, record
+                     dir=wandb_dir, settings=settings)
+    if run.resumed and not run.offline:
+        held = max(held, run.starting_step - 1)
+    return run, held + 1, record
 
 
 def log_evaluation(out: Path, metrics: Mapping[str, Any], net: str, project: str) -> Optional[str]:
@@ -313,7 +323,7 @@ def log_evaluation(out: Path, metrics: Mapping[str, Any], net: str, project: str
             if isinstance(m, dict) and name not in ("sequences", "settings"):
                 run.summary.update({f"eval/{name}/{k}": v for k, v in m.items()})
         run.summary.update({"eval/num_samples": metrics.get("num_samples"), "eval/out": str(out)})
-        run.finish()
+        finish_within(run, FINISH_TIMEOUT_S)
         if record is not None:  # the training run's next row goes after this one
             write_json_atomic(Path(record["run_dir"]) / RUN_FILE,
                               {**{k: v for k, v in record.items() if k != "run_dir"},
