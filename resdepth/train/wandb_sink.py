@@ -180,10 +180,11 @@ class WandbSink:
         write_json_atomic(self.run_dir / RUN_FILE, self.record)
 
     def _accepts(self, step: int) -> bool:
-        """False once W&B failed, and for the steps W&B held before this resume."""
+        """False once W&B failed, for the steps W&B held before this resume, and for a step
+        older than the open row (W&B keeps steps increasing; it would land in the wrong row)."""
         if self.broken:
             return False
-        if step <= self.floor:
+        if step <= self.floor or step < self.row_step:
             self.skipped += 1
             return False
         return True
