@@ -236,6 +236,15 @@ def test_stage2_run_names_its_stage1_run(tiny_shards, wandb_run, tmp_path):
     assert named["id"] == stage1["id"] and named["run_dir"] == str(wandb_run.resolve())
 
 
+@pytest.mark.dist
+def test_two_ranks_log_once_from_rank0(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    train(args(tiny_shards, run, "trainer.max_steps=10"), nproc=2, env=wandb_env(tmp_path))
+    (log,) = transaction_logs(run)
+    assert [r["_step"] for r in rows(log)] == [5, 10]
+    assert [(r["_step"], r["train/loss"]) for r in rows(log)] == [s[:2] for s in stats(run)]
+
+
 def _eval(tiny_shards: Path, net: Path, out: Path, env: dict) -> None:
     run_module("resdepth.eval", ["--regression", str(net), "--data", str(tiny_shards / "test"),
                                  "--out", str(out), "--wandb", "--device", "cpu"], env=env)
