@@ -22,7 +22,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2 as pb
 
 from resdepth.config import load_config
-from resdepth.config.schema import Config
+from resdepth.train.config import Config
 from resdepth.train.wandb_sink import RUN_FILE, log_records, logged_step
 from tests.procs import ROOT
 from tests.train.runner import TINY, child_env, run_module, stats, train
