@@ -25,7 +25,7 @@ from resdepth.config import load_config
 from resdepth.train.config import Config
 from resdepth.train.wandb_sink import RUN_FILE, log_records, logged_step
 from tests.procs import ROOT
-from tests.train.runner import TINY, child_env, run_module, stats, train
+from tests.train.runner import FAULTS, TINY, child_env, run_module, stats, train
 
 WANDB_ARGS = ["logging.wandb=true", "logging.wandb_tags=[tiny,test]"]
 
@@ -191,8 +191,8 @@ def test_resumed_run_continues_its_wandb_run_with_each_step_once(tiny_shards, tm
     run = tmp_path / "run"
     common = ("trainer.max_steps=30", "trainer.ckpt_every_steps=10", "run.val_every=10",
               "run.val_batches=1")
-    cmd = [sys.executable, "-m", "resdepth.train", *args(tiny_shards, run, *common)]
-    _kill_during_checkpoint(cmd, run, wandb_env(tmp_path, RESDEPTH_FAULT_CKPT_DELAY="20:120"), how)
+    cmd = [sys.executable, "-m", FAULTS, *args(tiny_shards, run, *common)]
+    _kill_during_checkpoint(cmd, run, wandb_env(tmp_path, FAULT_CKPT_DELAY="20:120"), how)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [".tmp-step-0000020",
                                                                        "step-0000010"]
     first = transaction_logs(run)
