@@ -28,7 +28,9 @@ setup(
         "imageio-ffmpeg>=0.5",
         "faery>=0.7",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    # wandb: optional Weights & Biases logging (logging.wandb=true); the tests exercise it offline
+    extras_require={"wandb": ["wandb>=0.19"],
+                    "test": ["pytest>=8", "pytest-timeout>=2.3", "wandb>=0.19"]},
     entry_points={
         "console_scripts": [
             "resdepth-shards=resdepth.data.cli:main",

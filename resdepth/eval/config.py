@@ -22,11 +22,13 @@ class EvalConfig(InferenceSettings):
     baseline: Optional[str] = opt(None, "Training split for the per-pixel mean-depth baseline (default: sibling train/ of the data split; 'none' disables).")
     num_workers: int = opt(0, "Reader threads prefetching samples per rank.")
     preview: int = opt(4, "Samples shown in samples.png (the first ones of the work list).")
+    wandb: bool = opt(False, "Log the metrics table and samples.png to Weights & Biases: into the W&B run of the evaluated net's training run when it has one (diffusion, else regression), else a new run in wandb_project.")
+    wandb_project: str = opt("resdepth", "W&B project of the new run when the evaluated net's training run has no W&B run.")
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
 NON_RESULT_KEYS = INFERENCE_NON_RESULT_KEYS + ("num_workers", "save_predictions", "save_members", "data",
-                                               "baseline")
+                                               "baseline", "wandb", "wandb_project")
 
 
 def result_hash(cfg: EvalConfig, identity: Mapping[str, object]) -> str:

@@ -31,6 +31,7 @@ from resdepth.infer.nets import Nets, load_nets, make_patching, resolve_device
 from resdepth.infer.progress import Progress
 from resdepth.infer.sampler import predict
 from resdepth.infer.work import Unit, make_units, split_shards
+from resdepth.train.wandb_sink import log_evaluation
 from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
@@ -63,7 +64,7 @@ def main(cfg: EvalConfig) -> int:
             for unit in todo:
                 evaluate_unit(ctx, unit, progress)
                 progress.unit_finished(unit.name)
-        finish(frame, plan)
+        finish(cfg, frame, plan)
     return 0
 
 
@@ -138,7 +139,7 @@ def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
     return ctx, units, plan
 
 
-def finish(frame: Frame, plan: dict) -> None:
+def finish(cfg: EvalConfig, frame: Frame, plan: dict) -> None:
     """Rank 0 merges when every unit of every task has its part, else says who will."""
     if not dist.is_main():
         return
@@ -150,6 +151,8 @@ def finish(frame: Frame, plan: dict) -> None:
     else:
         metrics = merge(frame.out)
         dist.print0(summary_line(metrics, frame.out))
+        if cfg.wandb:
+            log_evaluation(frame.out, metrics, cfg.diffusion or cfg.regression, cfg.wandb_project)
 
 
 def unit_done(ctx: Context, unit: Unit) -> bool:

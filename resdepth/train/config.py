@@ -34,6 +34,16 @@ class RunConfig:
 
 
 @dataclass
+class LoggingConfig:
+    wandb: bool = opt(False, "Also log to Weights & Biases (pip install -e '.[wandb]'; mode from WANDB_MODE, e.g. offline on nodes without network); TensorBoard and stats.jsonl stay.")
+    wandb_project: str = opt("resdepth", "W&B project.")
+    wandb_entity: Optional[str] = opt(None, "W&B entity (user or team); null: the logged-in user's default.")
+    wandb_name: Optional[str] = opt(None, "W&B run name; null: the name of run.dir.")
+    wandb_group: Optional[str] = opt(None, "W&B group; null: in stage 2 the group (else the name) of the stage-1 run, in stage 1 none.")
+    wandb_tags: list[str] = opt([], "W&B run tags.")
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = opt(1000, "Optimiser steps to train for.")
     batch_size: int = opt(8, "Global batch size in images (split over ranks and accumulation steps).")
@@ -89,3 +99,4 @@ class Config:
     model: ModelConfig = opt(None, "Network architecture and stage.")
     diffusion: DiffusionConfig = opt(None, "EDM residual loss and samplers.")
     trainer: TrainerConfig = opt(None, "Optimisation, distribution and checkpoints.")
+    logging: LoggingConfig = opt(None, "Optional loggers beside TensorBoard and stats.jsonl (Weights & Biases).")

@@ -35,6 +35,7 @@ from resdepth.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from resdepth.train.stage import build_loss, load_regression_net, residual_scale
 from resdepth.train.state import TrainState
 from resdepth.train.validate import Validator, dry_forward, step_seed
+from resdepth.train.wandb_sink import open_sink
 from resdepth.utils.logging import setup_logging
 
 log = logging.getLogger("resdepth")
@@ -94,6 +95,10 @@ class Trainer:
         cfg, tc, state = self.cfg, self.cfg.trainer, self.state
         self.checkpoints.restore(self.parts)
         metrics = MetricsLogger(self.run_dir, state.step, tc)
+        if dist.is_main():
+            sink = open_sink(self.run_dir, cfg)  # None, with one warning, when W&B cannot log
+            if sink is not None:
+                metrics.add_writer(sink)
         self.stop.install()
         batches = self.batches()
         try:

@@ -30,7 +30,7 @@ from resdepth.utils.errors import UserError
 log = logging.getLogger("resdepth")
 # Keys that may change between a run and its resumption without breaking exactness. max_steps is
 # one of them only as the stopping point: the cosine schedule's length enters the hash by itself.
-RESUME_FREE_KEYS = ("run", "trainer.max_steps", "trainer.resume")
+RESUME_FREE_KEYS = ("run", "logging", "trainer.max_steps", "trainer.resume")
 
 
 def resumable_hash(cfg: Config) -> str:

@@ -37,7 +37,8 @@ STOP_MARKER = "stopped.json"
 # What a trainer writes into run.dir; the launcher's own files (slurm/, jobs.json, requeues.jsonl)
 # and the lock stay where they are.
 RUN_OUTPUTS = ("checkpoints", "stats.jsonl", "export", "tb")
-RUN_FILES = (*RUN_OUTPUTS, "config.yaml", STOP_MARKER)
+# wandb-run.json and wandb/: the W&B run id of this run (a new run gets a new one) and its files.
+RUN_FILES = (*RUN_OUTPUTS, "config.yaml", STOP_MARKER, "wandb-run.json", "wandb")
 
 
 class RunDirError(RuntimeError):
