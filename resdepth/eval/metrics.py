@@ -19,8 +19,9 @@ express (MVSEC: 80 m and 1.978 m):
   SqRel is ``err^2 / t^2``; deltas count ``ratio <= 1.25^k``; RMSE is the mean of per-frame RMSEs.
 * ``ramnet``: RAM-Net's ``RAM_Net/evaluation.py`` (Gehrig et al. 2021): as ``e2depth`` but the
   truth is only capped at Dmax, never rescaled to the frame's maximum, and the masks are
-  inclusive: pixels with ``0 < t <= Dmax`` and ``0 < pred <= Dmax``. The two differ on every
-  frame whose deepest valid pixel is nearer than Dmax, and on pixels at Dmax.
+  inclusive: pixels with ``0 < t <= Dmax`` and ``0 < pred <= amax(t)`` (the frame's deepest
+  truth). The two differ on every frame whose deepest valid pixel is nearer than Dmax, and on
+  pixels at Dmax.
 * ``hmnet``: HMNet_pth ``experiments/depth/scripts/eval_depth.py`` (Hamaguchi et al. 2023): per
   frame, then the mean over frames; pixels with ``Dmin <= t <= Dmax`` (truth beyond Dmax left
   out, not capped), predictions clipped to [Dmin, Dmax]; SqRel ``err^2 / t``; SILog reported as
@@ -104,7 +105,8 @@ def prepare_truth(true: torch.Tensor, valid: torch.Tensor, protocol: str,
       that its largest value is Dmax (``target / amax(target) * clip_distance``); pixels need
       ``0 < t < amax(t)`` (strict: pixels at the frame's maximum, e.g. capped ones, drop out).
     * ramnet (RAM-Net ``evaluation.py``): the truth is capped at Dmax and not rescaled; pixels
-      need ``0 < t <= Dmax`` (inclusive: capped pixels count).
+      need ``0 < t <= Dmax`` (inclusive: capped pixels count), and their prediction
+      ``0 < pred <= amax(t)`` (the frame's deepest truth, inclusive).
     * hmnet (HMNet_pth ``experiments/depth/scripts/eval_depth.py``, ``_evaluate``): the truth is
       not changed; pixels need ``min_depth <= t <= max_depth`` (their MVSEC script:
       ``MAX_DEPTH=80``, ``MIN_DEPTH=1.978`` = 80 exp(-3.7)).
@@ -192,8 +194,11 @@ def depth_metric_sums(pred_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Te
     if protocol == "e2depth":
         # rpg_e2depth also drops pixels whose prediction is not in (0, amax(target)) = (0, Dmax)
         valid = valid & (pred > 0) & (pred < max_depth)
-    elif protocol == "ramnet":  # RAM-Net's inclusive mask (always true of clipped predictions)
-        valid = valid & (pred > 0) & (pred <= max_depth)
+    elif protocol == "ramnet":
+        # RAM-Net keeps predictions in [0, amax(target)], inclusive; its truth is not rescaled, so
+        # a frame whose deepest truth is nearer than Dmax drops the predictions beyond it
+        top = torch.where(valid, true, 0.0).amax(1, keepdim=True)
+        valid = valid & (pred > 0) & (pred <= top)
     true = torch.where(valid, true, 1.0)  # placeholders keep masked pixels finite; they are zeroed below
     pred = torch.where(valid, pred, 1.0)
     w = valid.to(torch.float64)

@@ -24,6 +24,7 @@ from resdepth.eval.merge import merge, summary_line
 from resdepth.eval.predictions import PredictionShard, pred_path
 from resdepth.eval.samples import Sample, iter_samples
 from resdepth.eval.scoring import SAVED, score_by_sequence, to_floats
+from resdepth.eval.wandb_log import log_evaluation
 from resdepth.infer import parts as P
 from resdepth.infer.batching import batches, prefetch
 from resdepth.infer.frame import Frame, Share, process_frame, running
@@ -31,7 +32,6 @@ from resdepth.infer.nets import Nets, load_nets, make_patching, resolve_device
 from resdepth.infer.progress import Progress
 from resdepth.infer.sampler import predict
 from resdepth.infer.work import Unit, make_units, split_shards
-from resdepth.train.wandb_sink import log_evaluation
 from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")

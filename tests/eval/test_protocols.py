@@ -61,21 +61,23 @@ def test_e2depth_by_hand():
 
 def test_ramnet_by_hand():
     # truth capped at 80 (100 -> 80) and never rescaled (frame 1's maximum 60 stays 60); inclusive
-    # masks keep the capped pixel (t = 80 <= Dmax) that e2depth drops; prediction 90 -> 80
+    # masks keep the capped pixel (t = 80 <= Dmax) that e2depth drops; prediction 90 -> 80, and
+    # RAM-Net keeps predictions up to the frame's deepest truth only: frame 1's 80 m prediction
+    # (deepest truth 60 m) drops out with its pixel
     f0 = [(4, 2), (10, 10), (80, 80), (20, 40), (3, 1)]
-    f1 = [(10, 5), (20, 20), (80, 60)]
+    f1 = [(10, 5), (20, 20)]
     eps = 1e-5
     m = score("ramnet")
-    assert m["num_frames"] == 2 and m["num_valid_pixels"] == 8
-    assert m["mae"] == pytest.approx(mean([mean([2, 0, 0, 20, 2]), mean([5, 0, 20])]))
-    assert m["rmse"] == pytest.approx(mean([math.sqrt(408 / 5), math.sqrt(425 / 3)]))
+    assert m["num_frames"] == 2 and m["num_valid_pixels"] == 7
+    assert m["mae"] == pytest.approx(mean([mean([2, 0, 0, 20, 2]), mean([5, 0])]))
+    assert m["rmse"] == pytest.approx(mean([math.sqrt(408 / 5), math.sqrt(25 / 2)]))
     assert m["abs_rel"] == pytest.approx(mean([mean([abs(p - t) / (t + eps) for p, t in f])
                                                for f in (f0, f1)]))
-    assert m["abs_rel"] == pytest.approx(mean([3.5 / 5, (1 + 1 / 3) / 3]), rel=1e-4)
+    assert m["abs_rel"] == pytest.approx(mean([3.5 / 5, 1 / 2]), rel=1e-4)
     assert m["sq_rel"] == pytest.approx(mean([mean([(p - t) ** 2 / (t ** 2 + eps) for p, t in f])
                                               for f in (f0, f1)]))
     # ratio <= 1.25: frame 0 has 10/10 and 80/80; frame 1 has 20/20
-    assert m["delta1"] == pytest.approx(mean([2 / 5, 1 / 3]))
+    assert m["delta1"] == pytest.approx(mean([2 / 5, 1 / 2]))
     # cutoff 10 m: t < 10 per frame (no rescaling: frame 1's 5 m pixel stays 5 m)
     assert m["mae_10m"] == pytest.approx(mean([mean([2, 2]), 5]))
     assert score("e2depth")["abs_rel"] != pytest.approx(m["abs_rel"])
