@@ -42,6 +42,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> argparse.Arg
     return parser
 
 
+def config_parser(cls: type, prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """The parser of a command whose flags are the fields of ``cls`` (``add_config_flags``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     epilog=f"Example: {example}")
+    return add_config_flags(parser, cls)
+
+
 def parse_config(cls: type, parser: argparse.ArgumentParser, argv: list[str]):
     """Flags and ``key=value`` settings of ``parser`` (built by ``add_config_flags``) to ``cls``."""
     ns = parser.parse_intermixed_args(argv)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Optional
 
-from resdepth.infer.cli import add_config_flags, parse_config
+from resdepth.infer.cli import config_parser, parse_config
 from resdepth.predict.config import PredictConfig
 from resdepth.predict.run import IncompletePrediction, main, merge
 from resdepth.utils.cli import user_errors, work_list_cli
@@ -19,15 +19,14 @@ from resdepth.utils.cli import user_errors, work_list_cli
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``resdepth-predict`` parser: one flag per ``PredictConfig`` field."""
-    parser = argparse.ArgumentParser(
-        prog="resdepth-predict",
-        description="Depth from a raw event recording with exported regression (and residual "
-                    "diffusion) nets: depth (and ensemble std) per window, colour previews, "
-                    "frames.csv and a preview video; `resdepth-predict merge DIR` writes "
-                    "frames.csv and the video of a prediction split between array tasks.",
-        epilog="Example: torchrun --nproc-per-node 2 -m resdepth.predict --regression runs/reg "
-               "--diffusion runs/diff --events outdoor_day1_data.hdf5 --window-ms 50 --out pred")
-    return add_config_flags(parser, PredictConfig)
+    return config_parser(
+        PredictConfig, "resdepth-predict",
+        "Depth from a raw event recording with exported regression (and residual "
+        "diffusion) nets: depth (and ensemble std) per window, colour previews, "
+        "frames.csv and a preview video; `resdepth-predict merge DIR` writes "
+        "frames.csv and the video of a prediction split between array tasks.",
+        "torchrun --nproc-per-node 2 -m resdepth.predict --regression runs/reg "
+        "--diffusion runs/diff --events outdoor_day1_data.hdf5 --window-ms 50 --out pred")
 
 
 def parse_args(argv: list[str]) -> PredictConfig:
@@ -56,5 +55,5 @@ def cli(argv: Optional[list[str]] = None) -> None:
     work_list_cli("resdepth-predict", sys.argv[1:] if argv is None else argv, parse_args,
                   main_reporting_interrupt,
                   merge_message, "Write frames.csv and the preview video once every unit has its "
-                  "outputs; fails listing missing units.", "prediction output directory",
+        "outputs; fails listing missing units.", "prediction output directory",
                   user_errors(IncompletePrediction))
