@@ -6,9 +6,9 @@ setup(
     version="0.1.0",
     description="Distributed training of residual-diffusion depth estimators for event cameras",
     python_requires=">=3.10",
-    packages=find_packages(include=["resdepth", "resdepth.*", "launch", "launch.*",
-                                    "shards_tools", "shards_tools.*"]),
-    package_data={"launch": ["*.sh"]},
+    # The launcher is resdepth.launch; the top-level launch/ folder holds only shell scripts
+    # (local_slurm.sh) and is not installed: a top-level `launch` module would shadow other projects.
+    packages=find_packages(include=["resdepth", "resdepth.*", "shards_tools", "shards_tools.*"]),
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",
@@ -34,7 +34,7 @@ setup(
             "resdepth-train=resdepth.train.__main__:cli",
             "resdepth-eval=resdepth.eval.__main__:cli",
             "resdepth-predict=resdepth.predict.__main__:cli",
-            "resdepth-launch=launch.__main__:cli",
+            "resdepth-launch=resdepth.launch.__main__:cli",
         ]
     },
 )

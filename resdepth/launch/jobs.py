@@ -1,6 +1,6 @@
 """The callables that jobs run: each calls the same ``main(cfg)`` a user runs by hand.
 
-Requeue, exactly (see also docs in ``launch/__main__.py --help``):
+Requeue, exactly (see also docs in ``resdepth/launch/__main__.py --help``):
 
 * Slurm sends SIGUSR2 ``signal_delay_s`` before the time limit, or on ``scancel --signal=USR2``,
   to every task. While ``resdepth.train.main`` runs, its own handlers own USR2/SIGTERM: they set
@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import submitit
 
-from launch import records
+from resdepth.launch import records
 
 log = logging.getLogger("resdepth")
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from launch import records
-from launch.cluster import Resources, make_executor, render_sbatch
-from launch.jobs import EvalJob, MergeJob, TrainJob
+from resdepth.launch import records
+from resdepth.launch.cluster import Resources, make_executor, render_sbatch
+from resdepth.launch.jobs import EvalJob, MergeJob, TrainJob
 from resdepth.config.core import load_config
 
 
