@@ -15,6 +15,11 @@ Requeue, exactly (see also docs in ``resdepth/launch/__main__.py --help``):
   and the trainer resumes from its newest periodic checkpoint.
 * Every incarnation reads ``SLURM_RESTART_COUNT``; at ``max_requeue`` a requeue request ends the
   job as FAILED with a message naming the newest checkpoint, so dependent jobs never run.
+* A peer lost after start-up (its node died, its process was killed or stopped): the surviving
+  ranks' next collective fails within the collective timeout (``RESDEPTH_COLLECTIVE_TIMEOUT``, the
+  cluster profile's ``collective_timeout_s``); each logs one line naming the lost rank and host
+  (``resdepth.dist.lost_peer``), asks Slurm to requeue the job unless it already does (a dead node
+  is requeued by Slurm itself) and leaves, so the next incarnation resumes on healthy nodes.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from typing import Any, Callable, Optional
 
 import submitit
 
+from resdepth import dist
 from resdepth.launch import records
 
 log = logging.getLogger("resdepth")
@@ -52,6 +58,33 @@ def _slurm_state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
                          text=True, timeout=60)
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+class PeerLost(RuntimeError):
+    """Another rank of the job died or stopped; the message names it and its host."""
+
+
+def run_main(main: Callable[[Any], int], cfg: Any) -> int:
+    """``main(cfg)``; a failure caused by a lost peer becomes ``PeerLost`` with one logged line."""
+    try:
+        return main(cfg)
+    except (RuntimeError, OSError) as e:
+        line = dist.lost_peer(e)
+        if line is None:
+            raise
+        log.error(line)
+        raise PeerLost(line) from None
+
+
+def requeue_after_lost_peer(env: submitit.JobEnvironment, err: PeerLost) -> None:
+    """Every surviving rank asks Slurm to requeue the job (the first one wins; when Slurm already
+    requeues it after a node failure, nothing is asked), then leaves; never returns."""
+    job_id = str(env.job_id)
+    if env.cluster == "slurm" and _slurm_state(job_id) == "RUNNING":
+        # no check: another survivor may have requeued it a moment earlier
+        subprocess.run(["scontrol", "requeue", job_id], capture_output=True, timeout=60)
+    print(f"resdepth: {err}; job {job_id} requeued", file=sys.stderr, flush=True)
+    sys.exit(_requeue_exit_code())
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -99,7 +132,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                               tasks=env.num_tasks, host=env.hostname)
         main = self._main()
         cfg = self.cfg if restarts == 0 else self.continued_config()
-        code = main(cfg)
+        try:
+            code = run_main(main, cfg)
+        except PeerLost as e:
+            if restarts >= self.max_requeue:
+                raise JobFailed(f"{e}; requeue limit reached ({restarts} requeues)") from None
+            requeue_after_lost_peer(env, e)
         while code == _requeue_exit_code() and env.cluster == "debug":
             # in-process executor: nothing to requeue, so resume in place
             cfg = self.continued_config()
@@ -169,7 +207,10 @@ class EvalJob(submitit.helpers.Checkpointable):
             from resdepth.eval import main
         else:
             main = self.entry
-        code = main(self.cfg)
+        try:
+            code = run_main(main, self.cfg)
+        except PeerLost as e:
+            requeue_after_lost_peer(submitit.JobEnvironment(), e)
         if code != 0:
             raise JobFailed(f"array task {self.cfg.task_id} returned exit code {code}")
         return 0

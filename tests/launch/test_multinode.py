@@ -1,0 +1,198 @@
+"""Jobs across the nodes of the local multi-node Slurm (``launch/local_slurm.sh start --nodes 3``):
+hosts and interfaces, a lost peer, node failure and requeue, the same numbers on one node and on
+two, an evaluation array over three nodes, the pipeline.
+
+Each node is a network, UTS and mount namespace with its own hostname (n1, n2, n3) and address on
+a private bridge; ``kill-node`` takes a node's link down and kills every process in it. In CI
+(``CI=true``) a cluster that is not up fails these tests; elsewhere they skip. ``-s`` prints each
+cell's exit status, time and comparison.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resdepth.launch import records, status, submit
+from resdepth.launch.cluster import Resources, load_profile
+from tests.launch.test_slurm import sacct_states, wait_final, wait_for
+from tests.shards import write_synth_splits
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "launch" / "local_slurm.sh"
+NODES = ("n1", "n2", "n3")
+TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=1",
+        "model.attn_resolutions=[]", "trainer.batch_size=4", "trainer.warmup_steps=2",
+        "trainer.ema_halflife_images=40", "data.num_workers=0", "data.shuffle_buffer=16",
+        "run.val_every=0", "run.log_every=2", "trainer.ckpt_every_minutes=0",
+        "trainer.precision=fp32"]
+COLLECTIVE_TIMEOUT_S = 15  # the tests' collective timeout: a lost peer ends the job this fast
+
+
+def cluster_nodes() -> list[str]:
+    if shutil.which("sinfo") is None:
+        return []
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True)
+    return [line.split()[0] for line in out.stdout.splitlines() if out.returncode == 0]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The three-node cluster; fails in CI when it is not up, skips elsewhere."""
+    nodes = cluster_nodes()
+    if not set(NODES) <= set(nodes):
+        msg = (f"no local three-node Slurm (bash launch/local_slurm.sh start --nodes 3); "
+               f"sinfo lists {nodes or 'nothing'}")
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield nodes
+    revive_all()
+
+
+def node_states() -> dict[str, str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, check=True)
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def revive_all() -> None:
+    for node, state in node_states().items():
+        if state.startswith(("down", "drain", "fail")) or state.endswith("*"):
+            subprocess.run(["bash", str(SCRIPT), "revive-node", node], check=True, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def healthy_nodes(cluster):
+    """Every test starts with every node idle or mixed (a killed node is revived)."""
+    revive_all()
+    yield
+
+
+@pytest.fixture(scope="module")
+def mn_shards(tmp_path_factory) -> Path:
+    """32 train samples in 4 shards, 8 val, 8 test; tiny images."""
+    return write_synth_splits(tmp_path_factory.mktemp("mn_shards"), {"train": 32, "val": 8, "test": 8},
+                              seed=11, per_shard=8)
+
+
+@pytest.fixture(autouse=True)
+def job_env(monkeypatch):
+    # sbatch hands the submitting environment to the job: CPU DeepSpeed, one thread per rank.
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def resources(nodes: int, tasks: int, **kw) -> Resources:
+    return Resources.from_profile(load_profile("local"), nodes=nodes, tasks_per_node=tasks, time_min=15,
+                                  collective_timeout_s=COLLECTIVE_TIMEOUT_S, **kw)
+
+
+def train_args(shards: Path, backend: str, steps: int, *more: str) -> list[str]:
+    return ["experiment=baseline_regression", f"data.root={shards}", f"trainer.backend={backend}",
+            f"trainer.max_steps={steps}", *TINY, *more]
+
+
+def submit_train(run: Path, shards: Path, backend: str, nodes: int, tasks: int, steps: int = 12,
+                 ckpt_every: int = 0, **kw):
+    more = [f"trainer.ckpt_every_steps={ckpt_every}"]
+    cfg = submit.train_config(train_args(shards, backend, steps, *more), str(run))
+    return submit.submit_train(cfg, resources(nodes, tasks, **kw), "slurm", max_requeue=3)
+
+
+def export_bytes(run: Path) -> bytes:
+    return (run / "export" / "model.safetensors").read_bytes()
+
+
+def loss_lines(run: Path) -> list[dict]:
+    """The loss entries of ``stats.jsonl`` (times and throughput differ between runs)."""
+    out = []
+    for line in (run / "stats.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.append({k: v for k, v in row.items() if k == "step" or "loss" in k})
+    return out
+
+
+def job_nodes(job_id: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True)
+    text = out.stdout.strip()
+    return subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True, text=True,
+                          check=True).stdout.split() if text else []
+
+
+def job_running(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip() == "RUNNING"
+
+
+def kill_node(node: str) -> float:
+    subprocess.run(["bash", str(SCRIPT), "kill-node", node], check=True, capture_output=True)
+    return time.monotonic()
+
+
+def rank_logs(run: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(run.glob("log-rank*.txt")))
+
+
+def report(cell: str, code: str, seconds: float, identical: object = "") -> None:
+    print(f"\ncell {cell:42s} {code:10s} {seconds:6.1f} s {identical}", flush=True)
+
+
+class Runs:
+    """Uninterrupted training runs, each submitted once per module and shared by the tests."""
+
+    def __init__(self, shards: Path, root: Path) -> None:
+        self.shards, self.root = shards, root
+        self.subs: dict[tuple, object] = {}
+        self.times: dict[tuple, float] = {}
+
+    def start(self, backend: str, nodes: int, tasks: int) -> None:
+        key = (backend, nodes, tasks)
+        if key not in self.subs:
+            self.times[key] = time.monotonic()
+            self.subs[key] = submit_train(self.dir(*key), self.shards, backend, nodes, tasks)
+
+    def dir(self, backend: str, nodes: int, tasks: int) -> Path:
+        return self.root / f"{backend}-{nodes}x{tasks}"
+
+    def done(self, backend: str, nodes: int, tasks: int) -> Path:
+        """The run directory once the job COMPLETED."""
+        key = (backend, nodes, tasks)
+        self.start(*key)
+        jid = self.subs[key].job_ids[0]
+        state = wait_final(jid, 900)
+        if key in self.times:
+            report(f"{backend} {nodes}x{tasks} uninterrupted", state, time.monotonic() - self.times.pop(key))
+        assert state == "COMPLETED", (state, rank_logs(self.dir(*key))[-3000:])
+        return self.dir(*key)
+
+
+@pytest.fixture(scope="module")
+def runs(mn_shards, tmp_path_factory) -> Runs:
+    return Runs(mn_shards, tmp_path_factory.mktemp("mn_runs"))
+
+
+def test_two_nodes_two_tasks_log_their_hosts_and_equal_one_node(runs):
+    """2 nodes x 2 tasks: ranks 0-1 on one host, 2-3 on another, master from the node list; the
+    export equals four tasks on one node bit for bit."""
+    for b in ("ddp",):
+        runs.start(b, 2, 2)
+        runs.start(b, 1, 4)
+    two = runs.done("ddp", 2, 2)
+    logs = rank_logs(two)
+    hosts = {int(m[0]): m[1] for m in re.findall(r"rank (\d)/4 on host (n\d)", logs)}
+    assert sorted(hosts) == [0, 1, 2, 3], logs[-2000:]
+    assert hosts[0] == hosts[1] != hosts[2] == hosts[3]
+    assert re.search(rf"joined gloo group via slurm \({hosts[0]}:\d+\)", logs)
+    one = runs.done("ddp", 1, 4)
+    assert len(set(re.findall(r"rank \d/4 on host (n\d)", rank_logs(one)))) == 1
+    same = export_bytes(two) == export_bytes(one)
+    report("ddp 2x2 vs 1x4 export", "", 0, "identical" if same else "DIFFERENT")
+    assert same
+    assert loss_lines(two) == loss_lines(one)
