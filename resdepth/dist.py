@@ -25,9 +25,10 @@ that creates the process group, for training (both backends), evaluation and pre
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import os
-import fcntl
+import re
 import socket
 import struct
 import threading
@@ -382,6 +383,14 @@ def _rendezvous_failure(at: DistEnv, backend: str, wait: float, err: BaseExcepti
         return (f"{head}. Port {at.master_port} on {at.master_addr} is taken by another process (another "
                 "job on this node, or an earlier run still exiting): free it, or choose a free port "
                 "with MASTER_PORT (RESDEPTH_MASTER_PORT in a Slurm job).")
+    loopback = re.search(r"remote=\[(127\.[0-9.]+|::1)\]", cause)
+    if "connectFullMesh" in cause or loopback:
+        said = f"a peer advertised {loopback.group(1)}, a loopback address" if loopback else \
+            "the peers could not connect to each other's advertised addresses"
+        return (f"{head}. After the rendezvous {said}: set GLOO_SOCKET_IFNAME (NCCL_SOCKET_IFNAME on "
+                "GPUs, or the cluster profile's socket_ifname) to the interface that reaches the other "
+                f"nodes (now GLOO_SOCKET_IFNAME={os.environ.get('GLOO_SOCKET_IFNAME', '')!r}), or fix "
+                "the hosts file line that maps this host's name to a loopback address.")
     return (f"{head}. Check that all {at.world_size} processes were started (torchrun "
             "--nproc_per_node/--nnodes, srun -n, WORLD_SIZE) and none failed before this point (see "
             "their logs), that every rank was given the same MASTER_ADDR and MASTER_PORT, and that "

@@ -196,3 +196,67 @@ def test_two_nodes_two_tasks_log_their_hosts_and_equal_one_node(runs):
     report("ddp 2x2 vs 1x4 export", "", 0, "identical" if same else "DIFFERENT")
     assert same
     assert loss_lines(two) == loss_lines(one)
+
+
+ALL_REDUCE = """
+import socket, torch
+from resdepth import dist
+env = dist.init("cpu")
+t = torch.tensor([float(env.rank + 1)])
+dist.all_reduce_sum(t)
+print(f"rank {env.rank} host {socket.gethostname()} sum {t.item():g}", flush=True)
+dist.shutdown()
+"""
+
+
+@pytest.fixture
+def debian_hosts_files():
+    """Every node's hosts file gets Debian's ``127.0.1.1 <hostname>`` line first, as real
+    clusters' nodes often have; restored afterwards (rewritten in place: the bind mounts follow)."""
+    saved = {}
+    for node in NODES:
+        f = Path(f"/run/resdepth-slurm/hosts-{node}")
+        saved[f] = f.read_text()
+        with open(f, "w") as fh:  # same inode
+            fh.write(f"127.0.1.1 {node}\n" + saved[f])
+    yield
+    for f, text in saved.items():
+        with open(f, "w") as fh:
+            fh.write(text)
+
+
+def srun_all_reduce(nodes: int, tasks: int, **env: str) -> subprocess.CompletedProcess:
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "GLOO_", "NCCL_"))}
+    child.update(OMP_NUM_THREADS="1", RESDEPTH_RENDEZVOUS_TIMEOUT="30", PYTHONPATH=str(ROOT))
+    child.update(env)
+    return subprocess.run(["srun", f"--nodes={nodes}", f"--ntasks-per-node={tasks}", "--time=3",
+                           "--kill-on-bad-exit=1", sys.executable, "-c", ALL_REDUCE],
+                          capture_output=True, text=True, env=child, timeout=120)
+
+
+def test_node_whose_name_resolves_to_loopback_still_joins(debian_hosts_files):
+    """With ``127.0.1.1 n2`` in n2's hosts file gloo would advertise 127.0.1.1 to n1 and fail in
+    connectFullMesh; the interface that routes to the master is used instead."""
+    check = subprocess.run(["srun", "--nodes=1", "-w", "n2", "getent", "hosts", "n2"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.stdout.split()[0] == "127.0.1.1"  # the trap is really set
+    t0 = time.monotonic()
+    out = srun_all_reduce(2, 2)
+    report("gloo 2x2 with 127.0.1.1 hostnames", f"exit {out.returncode}", time.monotonic() - t0)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = sorted(l for l in out.stdout.splitlines() if l.startswith("rank"))
+    assert len(lines) == 4 and all(l.endswith("sum 10") for l in lines)
+    assert len({l.split()[3] for l in lines}) == 2  # two hosts
+
+
+def test_interface_variable_wins(debian_hosts_files):
+    """``GLOO_SOCKET_IFNAME`` set by the user (or the profile's socket_ifname) is used as given:
+    ``lo`` here reproduces the failure the automatic choice avoids, and it ends quickly."""
+    t0 = time.monotonic()
+    out = srun_all_reduce(2, 1, GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo",
+                          RESDEPTH_RENDEZVOUS_TIMEOUT="10")
+    seconds = time.monotonic() - t0
+    report("gloo 2x1 with GLOO_SOCKET_IFNAME=lo", f"exit {out.returncode}", seconds)
+    assert out.returncode != 0 and seconds < 60
+    assert "could not join the gloo process group" in out.stderr
+    assert "a loopback address: set GLOO_SOCKET_IFNAME" in out.stderr
