@@ -152,23 +152,24 @@ class Runs:
         self.subs: dict[tuple, object] = {}
         self.times: dict[tuple, float] = {}
 
-    def start(self, backend: str, nodes: int, tasks: int) -> None:
-        key = (backend, nodes, tasks)
+    def start(self, backend: str, nodes: int, tasks: int, steps: int = 12) -> None:
+        key = (backend, nodes, tasks, steps)
         if key not in self.subs:
             self.times[key] = time.monotonic()
-            self.subs[key] = submit_train(self.dir(*key), self.shards, backend, nodes, tasks)
+            self.subs[key] = submit_train(self.dir(*key), self.shards, backend, nodes, tasks, steps)
 
-    def dir(self, backend: str, nodes: int, tasks: int) -> Path:
-        return self.root / f"{backend}-{nodes}x{tasks}"
+    def dir(self, backend: str, nodes: int, tasks: int, steps: int = 12) -> Path:
+        return self.root / f"{backend}-{nodes}x{tasks}-{steps}"
 
-    def done(self, backend: str, nodes: int, tasks: int) -> Path:
+    def done(self, backend: str, nodes: int, tasks: int, steps: int = 12) -> Path:
         """The run directory once the job COMPLETED."""
-        key = (backend, nodes, tasks)
+        key = (backend, nodes, tasks, steps)
         self.start(*key)
         jid = self.subs[key].job_ids[0]
         state = wait_final(jid, 900)
         if key in self.times:
-            report(f"{backend} {nodes}x{tasks} uninterrupted", state, time.monotonic() - self.times.pop(key))
+            report(f"{backend} {nodes}x{tasks} {steps} steps uninterrupted", state,
+                   time.monotonic() - self.times.pop(key))
         assert state == "COMPLETED", (state, rank_logs(self.dir(*key))[-3000:])
         return self.dir(*key)
 
@@ -260,3 +261,111 @@ def test_interface_variable_wins(debian_hosts_files):
     assert out.returncode != 0 and seconds < 60
     assert "could not join the gloo process group" in out.stderr
     assert "a loopback address: set GLOO_SOCKET_IFNAME" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# node failure, a lost peer, scontrol requeue: the job is requeued and resumes exactly
+
+LONG = 40  # steps of the interrupted runs and their references; checkpoints every 5
+
+
+def newest_step(run: Path) -> int:
+    return records.newest_checkpoint_step(run) or 0
+
+
+def resumed_step(run: Path) -> int | None:
+    m = re.findall(r"resumed from \S+ at step (\d+)", (run / "log-rank0.txt").read_text()
+                   if (run / "log-rank0.txt").exists() else "")
+    return int(m[-1]) if m else None
+
+
+def follow_requeue(jid: str, run: Path, t0: float) -> dict:
+    """Seconds from ``t0`` until the job was requeued (left RUNNING), ran again, and rank 0 logged
+    its resumed step."""
+    times: dict = {}
+    wait_for(lambda: not job_running(jid), "the job to leave RUNNING", 120)
+    times["requeued_s"] = time.monotonic() - t0
+    wait_for(lambda: job_running(jid), "the job to run again", 180)
+    times["running_again_s"] = time.monotonic() - t0
+    wait_for(lambda: resumed_step(run) is not None, "the resumed step", 180)
+    times["resumed_s"] = time.monotonic() - t0
+    times["resumed_step"] = resumed_step(run)
+    return times
+
+
+def interrupted_run(runs: Runs, tmp_path: Path, backend: str, how: str) -> None:
+    """A 2-node job interrupted after a checkpoint (``how``: kill the other node, kill the batch
+    host, ``scontrol requeue``, or stop rank 1's process); it must be requeued, resume from the
+    newest complete checkpoint on the remaining nodes and end bit-identical to the reference."""
+    runs.start(backend, 2, 1, LONG)
+    run = tmp_path / f"{backend}-{how}"
+    t_start = time.monotonic()
+    sub = submit_train(run, runs.shards, backend, 2, 1, LONG, ckpt_every=5)
+    jid = sub.job_ids[0]
+    wait_for(lambda: newest_step(run) >= 10, "the step-10 checkpoint", 300)
+    first = job_nodes(jid)
+    at_step = newest_step(run)
+    if how == "node":
+        t0 = kill_node(first[1])
+    elif how == "batch-host":
+        t0 = kill_node(first[0])
+    elif how == "scontrol":
+        subprocess.run(["scontrol", "requeue", jid], check=True)
+        t0 = time.monotonic()
+    else:  # "stopped-rank": rank 1's process freezes; its node stays up
+        stop_rank(jid, first[1])
+        t0 = time.monotonic()
+    times = follow_requeue(jid, run, t0)
+    state = wait_final(jid, 600)
+    total = time.monotonic() - t_start
+    ref = runs.done(backend, 2, 1, LONG)
+    same = state == "COMPLETED" and export_bytes(run) == export_bytes(ref)
+    report(f"{backend} 2x1 {how} at ckpt {at_step} on {','.join(first)}", state, total,
+           f"{'identical' if same else 'DIFFERENT'} {times}")
+    assert state == "COMPLETED", rank_logs(run)[-3000:]
+    assert "REQUEUED" in sacct_states(jid) or "NODE_FAIL" in sacct_states(jid)
+    assert times["resumed_step"] >= 10
+    assert same
+    got, want = loss_lines(run), loss_lines(ref)
+    assert got == want, (len(got), len(want), [(a, b) for a, b in zip(got, want) if a != b][:3],
+                         (run / "stats.jsonl").read_text()[-1500:])
+    return run, first
+
+
+def stop_rank(jid: str, node: str) -> None:
+    """SIGSTOP the job's Python processes on ``node``: a peer that neither answers nor dies."""
+    out = subprocess.run(["ip", "netns", "pids", f"rdslurm-{node}"], capture_output=True, text=True,
+                         check=True)
+    stopped = 0
+    for pid in out.stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={jid}".encode() in environ and b"submitit" in cmd:
+            os.kill(int(pid), 19)  # SIGSTOP
+            stopped += 1
+    assert stopped, f"no process of job {jid} on {node}"
+
+
+@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
+def test_node_failure_requeues_and_resumes_exactly(runs, tmp_path, backend):
+    interrupted_run(runs, tmp_path, backend, "node")
+
+
+def test_batch_host_failure_requeues_and_resumes_exactly(runs, tmp_path):
+    interrupted_run(runs, tmp_path, "ddp", "batch-host")
+
+
+def test_scontrol_requeue_of_a_two_node_job_resumes_exactly(runs, tmp_path):
+    interrupted_run(runs, tmp_path, "ddp", "scontrol")
+
+
+def test_stopped_rank_is_named_and_the_job_requeued(runs, tmp_path):
+    """A rank that stops answering (not a node failure: Slurm sees nothing): the survivor's
+    collective times out after the configured seconds, it names the lost rank and host in one line
+    and requeues the job, which resumes exactly."""
+    run, first = interrupted_run(runs, tmp_path, "ddp", "stopped-rank")
+    lines = [l for l in (run / "log-rank0.txt").read_text().splitlines() if "lost rank 1 on host" in l]
+    assert len(lines) == 1 and f"lost rank 1 on host {first[1]}" in lines[0], lines
