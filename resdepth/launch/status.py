@@ -137,7 +137,7 @@ def collect(path: Path) -> list[JobRow]:
             rows.append(JobRow(st["stage"], jid, d, st.get("depends_on")))
     bases = sorted({r.job_id.split("_")[0] for r in rows})
     acct, queue = _sacct(bases), _squeue(bases)
-    events = _node_down_events() if any(h["state"] == "NODE_FAIL" for hs in acct.values() for h in hs) else []
+    node_events = _node_down_events() if any(h["state"] == "NODE_FAIL" for hs in acct.values() for h in hs) else []
     by_stage: dict[str, list[JobRow]] = {}
     for r in rows:
         hist = acct.get(r.job_id) or _pending_array(acct, r.job_id)
@@ -147,7 +147,7 @@ def collect(path: Path) -> list[JobRow]:
             # job cancelled before it ran: only an allocation proves that it started.
             r.started = any(h["nodes"] not in ("None assigned", "None", "") for h in hist)
             r.requeues = sum(1 for h in hist[:-1] if h["state"] in REQUEUED)
-            r.runs = describe_runs(hist, events)
+            r.runs = describe_runs(hist, node_events)
         if r.job_id in queue:
             r.state, r.reason = queue[r.job_id]
             r.started = r.started or r.state == "RUNNING"

@@ -36,7 +36,8 @@ TINY = ["model.model_channels=8", "model.channel_mult=[1,2]", "model.num_blocks=
 # run.log_every=1: a stats.jsonl line averages the steps since the previous one, so a resume
 # between two lines would change the first line after it; one step per line compares exactly.
 pytestmark = pytest.mark.slurm
-COLLECTIVE_TIMEOUT_S = 15  # the tests' collective timeout: a lost peer ends the job this fast
+LONG = 40  # steps of the interrupted runs and their references; checkpoints every 5
+COLLECTIVE_TIMEOUT_S = 20  # the tests' collective timeout: a lost peer ends the job this fast
 
 
 def cluster_nodes() -> list[str]:
@@ -182,24 +183,37 @@ def runs(mn_shards, tmp_path_factory) -> Runs:
     return Runs(mn_shards, tmp_path_factory.mktemp("mn_runs"))
 
 
-def test_two_nodes_two_tasks_log_their_hosts_and_equal_one_node(runs):
-    """2 nodes x 2 tasks: ranks 0-1 on one host, 2-3 on another, master from the node list; the
-    export equals four tasks on one node bit for bit."""
-    for b in ("ddp",):
-        runs.start(b, 2, 2)
-        runs.start(b, 1, 4)
-    two = runs.done("ddp", 2, 2)
-    logs = rank_logs(two)
-    hosts = {int(m[0]): m[1] for m in re.findall(r"rank (\d)/4 on host (n\d)", logs)}
-    assert sorted(hosts) == [0, 1, 2, 3], logs[-2000:]
-    assert hosts[0] == hosts[1] != hosts[2] == hosts[3]
+LAYOUTS = {"2x1": ((2, 1), (1, 2)), "2x2": ((2, 2), (1, 4))}  # across nodes vs one node
+
+
+def start_all(runs: Runs) -> None:
+    """Every uninterrupted run of the module at once (the cluster queues what does not fit)."""
+    for backend in ("ddp", "deepspeed"):
+        for (n, t), (n1, t1) in LAYOUTS.values():
+            runs.start(backend, n, t)
+            runs.start(backend, n1, t1)
+        runs.start(backend, 2, 1, LONG)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
+def test_across_nodes_equals_one_node(runs, backend, layout):
+    """2 nodes x 1 or 2 tasks: every rank logs its host, the master comes from the node list, and
+    the export and loss lines equal the same world size on one node bit for bit."""
+    start_all(runs)
+    (n, t), (n1, t1) = LAYOUTS[layout]
+    world = n * t
+    across, one = runs.done(backend, n, t), runs.done(backend, n1, t1)
+    logs = rank_logs(across)
+    hosts = {int(m[0]): m[1] for m in re.findall(rf"rank (\d)/{world} on host (n\d)", logs)}
+    assert sorted(hosts) == list(range(world)), logs[-2000:]
+    assert len(set(hosts.values())) == 2 and hosts[0] == hosts[t - 1] != hosts[t]
     assert re.search(rf"joined gloo group via slurm \({hosts[0]}:\d+\)", logs)
-    one = runs.done("ddp", 1, 4)
-    assert len(set(re.findall(r"rank \d/4 on host (n\d)", rank_logs(one)))) == 1
-    same = export_bytes(two) == export_bytes(one)
-    report("ddp 2x2 vs 1x4 export", "", 0, "identical" if same else "DIFFERENT")
+    assert len(set(re.findall(rf"rank \d/{world} on host (n\d)", rank_logs(one)))) == 1
+    same = export_bytes(across) == export_bytes(one)
+    report(f"{backend} {n}x{t} vs {n1}x{t1} export", "", 0, "identical" if same else "DIFFERENT")
     assert same
-    assert loss_lines(two) == loss_lines(one)
+    assert loss_lines(across) == loss_lines(one)
 
 
 ALL_REDUCE = """
@@ -269,7 +283,6 @@ def test_interface_variable_wins(debian_hosts_files):
 # ---------------------------------------------------------------------------------------------
 # node failure, a lost peer, scontrol requeue: the job is requeued and resumes exactly
 
-LONG = 40  # steps of the interrupted runs and their references; checkpoints every 5
 
 
 def newest_step(run: Path) -> int:
@@ -300,7 +313,7 @@ def interrupted_run(runs: Runs, tmp_path: Path, backend: str, how: str) -> None:
     """A 2-node job interrupted after a checkpoint (``how``: kill the other node, kill the batch
     host, ``scontrol requeue``, or stop rank 1's process); it must be requeued, resume from the
     newest complete checkpoint on the remaining nodes and end bit-identical to the reference."""
-    runs.start(backend, 2, 1, LONG)
+    ref = runs.done(backend, 2, 1, LONG)  # finished first: a node failure must not touch it
     run = tmp_path / f"{backend}-{how}"
     t_start = time.monotonic()
     sub = submit_train(run, runs.shards, backend, 2, 1, LONG, ckpt_every=5)
@@ -321,7 +334,6 @@ def interrupted_run(runs: Runs, tmp_path: Path, backend: str, how: str) -> None:
     times = follow_requeue(jid, run, t0)
     state = wait_final(jid, 600)
     total = time.monotonic() - t_start
-    ref = runs.done(backend, 2, 1, LONG)
     same = state == "COMPLETED" and export_bytes(run) == export_bytes(ref)
     report(f"{backend} 2x1 {how} at ckpt {at_step} on {','.join(first)}", state, total,
            f"{'identical' if same else 'DIFFERENT'} {times}")
@@ -352,9 +364,8 @@ def stop_rank(jid: str, node: str) -> None:
     assert stopped, f"no process of job {jid} on {node}"
 
 
-@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
-def test_node_failure_requeues_and_resumes_exactly(runs, tmp_path, backend):
-    interrupted_run(runs, tmp_path, backend, "node")
+def test_deepspeed_node_failure_requeues_and_resumes_exactly(runs, tmp_path):
+    interrupted_run(runs, tmp_path, "deepspeed", "node")
 
 
 def test_batch_host_failure_requeues_and_resumes_exactly(runs, tmp_path):
@@ -372,3 +383,69 @@ def test_stopped_rank_is_named_and_the_job_requeued(runs, tmp_path):
     run, first = interrupted_run(runs, tmp_path, "ddp", "stopped-rank")
     lines = [l for l in (run / "log-rank0.txt").read_text().splitlines() if "lost rank 1 on host" in l]
     assert len(lines) == 1 and f"lost rank 1 on host {first[1]}" in lines[0], lines
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation over three nodes, the pipeline across nodes, status from Slurm's records
+
+
+def test_evaluation_array_over_three_nodes_gives_one_process_metrics(tmp_path):
+    from resdepth.eval import main
+    from tests.eval.runner import assert_metrics_close, make_exports, metrics, write_split
+
+    data = tmp_path / "test"
+    write_split(data, [5, 3, 8, 1, 6], seed=3)
+    exports = make_exports(tmp_path / "exports")
+    args = [f"regression={exports['regression']}", f"diffusion={exports['diffusion']}", f"data={data}",
+            "device=cpu", "ensemble=2", "steps=4", "batch=2", "unit_size=3", "preview=0"]
+    # one array task per node: each asks for all of a node's CPUs
+    cpus = int(subprocess.run(["sinfo", "-h", "-n", "n1", "-o", "%c"], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+    t0 = time.monotonic()
+    tasks, merge = submit.submit_eval(submit.eval_config([*args, f"out={tmp_path / 'array'}"]),
+                                      resources(1, 1, cpus_per_task=cpus), "slurm", array=3)
+    state = wait_final(merge.job_ids[0], 600)
+    report("eval array 3 tasks", state, time.monotonic() - t0)
+    assert state == "COMPLETED"
+    nodes = set()
+    for jid in tasks.job_ids:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", jid, "--format=NodeList"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        nodes.update(out)
+    assert nodes == set(NODES), nodes
+    assert main(submit.eval_config([*args, f"out={tmp_path / 'one'}"])) == 0
+    assert_metrics_close(metrics(tmp_path / "array"), metrics(tmp_path / "one"))
+
+
+def test_pipeline_runs_across_nodes_and_status_shows_nodes(runs, tmp_path):
+    """``resdepth-launch pipeline`` with 2-node training stages; ``status`` lists where each ran."""
+    root = tmp_path / "pipe"
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "resdepth.launch", "pipeline", "--cluster", "slurm", "--profile", "local",
+         "--nodes", "2", "--tasks-per-node", "1", "--time", "15", "--array", "2", "--root", str(root),
+         "--regression", "baseline_regression", "--diffusion", "baseline_diffusion",
+         "--wait", "--eval-set", "ensemble=2", "--eval-set", "steps=3", f"data.root={runs.shards}",
+         "trainer.max_steps=4", "trainer.ckpt_every_steps=0", *TINY],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    report("pipeline 2-node stages", f"exit {out.returncode}", time.monotonic() - t0)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = status.collect(root)
+    assert all(r.state == "COMPLETED" for r in rows), [(r.stage, r.state) for r in rows]
+    train_rows = [r for r in rows if r.stage in ("regression", "diffusion")]
+    assert all(len(r.runs) == 1 and re.match(r"n\[\d-\d\] COMPLETED|n\[\d,\d\] COMPLETED", r.runs[0])
+               for r in train_rows), [r.runs for r in train_rows]
+    assert (root / "eval" / "metrics.json").exists()
+    table = subprocess.run([sys.executable, "-m", "resdepth.launch", "status", str(root)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "nodes (each run)" in table and "COMPLETED" in table
+
+
+def test_status_names_the_failed_node_and_the_requeue(runs, tmp_path):
+    """After a node failure, ``status`` shows both runs of the job, the node that went down
+    under the first, and one requeue."""
+    run, first = interrupted_run(runs, tmp_path, "ddp", "node")
+    (row,) = status.collect(run)
+    assert row.requeues == 1
+    assert len(row.runs) == 2 and row.runs[0].startswith(f"n[") and "NODE_FAIL" in row.runs[0]
+    assert f"{first[1]} down" in row.runs[0] and row.runs[1].endswith("COMPLETED")
