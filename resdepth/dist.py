@@ -315,9 +315,9 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
     store.set_timeout(timeout)  # later groups (new_group) wait like collectives do
     store.set(f"resdepth/where/{_ENV.rank}", where)
     _start_heartbeat(_ENV, timeout_s)
-    log.info("rank %d/%d on %s joined %s group via %s (%s:%d), collectives time out after %g s",
-             _ENV.rank, _ENV.world_size, where, backend, _ENV.source, _ENV.master_addr,
-             _ENV.master_port, timeout_s)
+    log.info("rank %d/%d joined %s group via %s (%s:%d) on %s, collectives time out after %g s",
+             _ENV.rank, _ENV.world_size, backend, _ENV.source, _ENV.master_addr, _ENV.master_port,
+             where, timeout_s)
     return _ENV
 
 

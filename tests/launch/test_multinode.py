@@ -205,11 +205,11 @@ def test_across_nodes_equals_one_node(runs, backend, layout):
     world = n * t
     across, one = runs.done(backend, n, t), runs.done(backend, n1, t1)
     logs = rank_logs(across)
-    hosts = {int(m[0]): m[1] for m in re.findall(rf"rank (\d)/{world} on host (n\d)", logs)}
+    hosts = {int(m[0]): m[1] for m in re.findall(rf"rank (\d)/{world} joined .* on host (n\d)", logs)}
     assert sorted(hosts) == list(range(world)), logs[-2000:]
     assert len(set(hosts.values())) == 2 and hosts[0] == hosts[t - 1] != hosts[t]
     assert re.search(rf"joined gloo group via slurm \({hosts[0]}:\d+\)", logs)
-    assert len(set(re.findall(rf"rank \d/{world} on host (n\d)", rank_logs(one)))) == 1
+    assert len(set(re.findall(rf"rank \d/{world} joined .* on host (n\d)", rank_logs(one)))) == 1
     same = export_bytes(across) == export_bytes(one)
     report(f"{backend} {n}x{t} vs {n1}x{t1} export", "", 0, "identical" if same else "DIFFERENT")
     assert same
