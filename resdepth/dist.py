@@ -31,6 +31,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
 COLLECTIVE_TIMEOUT_VAR = "RESDEPTH_COLLECTIVE_TIMEOUT"
 IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 _SIOCGIFADDR = 0x8915  # Linux ioctl: the IPv4 address of an interface
+# What gloo, NCCL and the store say when a peer is gone or silent.
+_PEER_ERROR = re.compile(r"gloo|nccl|connection|timed out|closed by peer|broken pipe", re.IGNORECASE)
 
 
 class DistEnvError(RuntimeError):
@@ -315,6 +318,7 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
     store.set_timeout(timeout)  # later groups (new_group) wait like collectives do
     store.set(f"resdepth/where/{_ENV.rank}", where)
     _start_heartbeat(_ENV, timeout_s)
+    _name_lost_peers_on_exit()
     log.info("rank %d/%d joined %s group via %s (%s:%d) on %s, collectives time out after %g s",
              _ENV.rank, _ENV.world_size, backend, _ENV.source, _ENV.master_addr, _ENV.master_port,
              where, timeout_s)
@@ -336,6 +340,24 @@ def _stop_heartbeat() -> None:
         _HEARTBEAT = None
 
 
+def _name_lost_peers_on_exit() -> None:
+    """Make an uncaught collective failure (training, evaluation or prediction run by srun or
+    torchrun) print first the line naming the lost rank and host; chained to the previous hook."""
+    previous = sys.excepthook
+    if getattr(previous, "resdepth_lost_peer", False):
+        return
+
+    def hook(kind, value, tb):
+        line = lost_peer(value) if isinstance(value, Exception) else None
+        if line:
+            log.error(line)
+            print(f"resdepth: {line}", file=sys.stderr, flush=True)
+        previous(kind, value, tb)
+
+    hook.resdepth_lost_peer = True
+    sys.excepthook = hook
+
+
 def lost_peer(err: BaseException) -> Optional[str]:
     """One line naming the rank(s) and host(s) lost when ``err`` came from a collective whose peer
     died or stopped (its heartbeat no longer advances, or the store on rank 0's host is gone);
@@ -344,6 +366,8 @@ def lost_peer(err: BaseException) -> Optional[str]:
     if beat is None or not isinstance(err, (RuntimeError, OSError)):
         return None
     cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if not (isinstance(err, torch_dist.DistError) or re.search(_PEER_ERROR, cause)):
+        return None  # not about a peer: fail at once, without waiting for heartbeats
     try:
         store = beat.client()
         keys = [f"resdepth/alive/{r}" for r in range(beat.at.world_size)]

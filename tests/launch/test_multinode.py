@@ -267,6 +267,35 @@ def test_node_whose_name_resolves_to_loopback_still_joins(debian_hosts_files):
     assert len({l.split()[3] for l in lines}) == 2  # two hosts
 
 
+FREEZE = """
+import os, signal, time, torch
+from resdepth import dist
+env = dist.init("cpu")
+for i in range(1000):
+    if env.rank == 1 and i == 3:
+        os.kill(os.getpid(), signal.SIGSTOP)  # neither answers nor dies
+    dist.all_reduce_sum(torch.ones(1))
+    time.sleep(0.1)
+"""
+
+
+def test_survivor_of_a_frozen_peer_leaves_naming_it():
+    """Any entry point (training, evaluation, prediction share ``dist.init``): a peer that stops
+    answering ends the survivor within the collective timeout plus a few heartbeats, with one line
+    naming the lost rank and host; srun then ends the step."""
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "GLOO_", "NCCL_"))}
+    child.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), RESDEPTH_COLLECTIVE_TIMEOUT="8")
+    t0 = time.monotonic()
+    out = subprocess.run(["srun", "--nodes=2", "--ntasks-per-node=1", "--time=3", "--kill-on-bad-exit=1",
+                          sys.executable, "-c", FREEZE], capture_output=True, text=True, env=child,
+                         timeout=120)
+    seconds = time.monotonic() - t0
+    report("gloo 2x1 rank 1 frozen, timeout 8 s", f"exit {out.returncode}", seconds)
+    lines = [l for l in out.stderr.splitlines() if l.startswith("resdepth: lost rank")]
+    assert out.returncode != 0 and seconds < 40, out.stderr[-2000:]
+    assert len(lines) == 1 and re.match(r"resdepth: lost rank 1 on host n\d \(10\.77", lines[0]), out.stderr[-2000:]
+
+
 def test_interface_variable_wins(debian_hosts_files):
     """``GLOO_SOCKET_IFNAME`` set by the user (or the profile's socket_ifname) is used as given:
     ``lo`` here reproduces the failure the automatic choice avoids, and it ends quickly."""
