@@ -99,8 +99,9 @@ def resources(nodes: int, tasks: int, **kw) -> Resources:
 
 
 def train_args(shards: Path, backend: str, steps: int, *more: str) -> list[str]:
+    zero = ["trainer.zero_stage=2"] if backend == "deepspeed" else []  # optimizer state and gradients sharded
     return ["experiment=baseline_regression", f"data.root={shards}", f"trainer.backend={backend}",
-            f"trainer.max_steps={steps}", *TINY, *more]
+            f"trainer.max_steps={steps}", *zero, *TINY, *more]
 
 
 def submit_train(run: Path, shards: Path, backend: str, nodes: int, tasks: int, steps: int = 12,
