@@ -9,7 +9,6 @@ setup(
     # Only resdepth is installed: launch/ and shards_tools/ hold shell scripts, not modules that
     # could shadow other projects' top-level `launch` or `shards_tools`.
     packages=find_packages(include=["resdepth", "resdepth.*"]),
-    package_data={"launch": ["*.sh"]},
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",
@@ -37,7 +36,7 @@ setup(
             "resdepth-train=resdepth.train.__main__:cli",
             "resdepth-eval=resdepth.eval.__main__:cli",
             "resdepth-predict=resdepth.predict.__main__:cli",
-            "resdepth-launch=launch.__main__:cli",
+            "resdepth-launch=resdepth.launch.__main__:cli",
         ]
     },
 )

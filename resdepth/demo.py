@@ -76,11 +76,11 @@ def launched(out: Path, cluster: str) -> Path:
     root = out / "shards"
     make_shards(root)
     pipe = out / f"pipeline-{cluster}"
-    run([sys.executable, "-m", "launch", "pipeline", "--cluster", cluster,
+    run([sys.executable, "-m", "resdepth.launch", "pipeline", "--cluster", cluster,
          "--regression", "baseline_regression", "--diffusion", "baseline_diffusion",
          "--eval-data", str(root / "test"), "--run-dir", str(pipe), "--wait",
          "--eval-args", " ".join(EVAL), f"data.root={root}"])
-    run([sys.executable, "-m", "launch", "status", str(pipe)])
+    run([sys.executable, "-m", "resdepth.launch", "status", str(pipe)])
     return pipe / "eval"
 
 

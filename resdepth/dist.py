@@ -12,14 +12,27 @@ that creates the process group, for training (both backends), evaluation and pre
   store inside the process, so no port is chosen, listened on or waited for;
 * start-up is bounded by ``RESDEPTH_RENDEZVOUS_TIMEOUT`` seconds (default 300); a peer that never
   arrives, or a port already taken, ends in ``RendezvousError`` naming address, port, rank and
-  world size and what to check.
+  world size and what to check;
+* across hosts, gloo and NCCL use the interface that routes towards the master
+  (``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` win when set): a host whose own name resolves to a
+  loopback address (Debian's ``127.0.1.1 <hostname>`` line) would otherwise advertise it to its
+  peers, and they could never connect;
+* every collective is bounded by ``RESDEPTH_COLLECTIVE_TIMEOUT`` seconds when set (else the caller's
+  default, which suits GPUs); a peer that dies after start-up is named by ``lost_peer``: each rank
+  writes a heartbeat into the rendezvous store, and the rank whose heartbeat stopped, or rank 0
+  when the store itself is gone, is the one lost.
 """
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import os
+import re
 import socket
+import struct
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -36,6 +49,11 @@ SUBMITIT_LOCAL_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBM
                        "SUBMITIT_LOCAL_JOB_ID")
 RENDEZVOUS_TIMEOUT_VAR = "RESDEPTH_RENDEZVOUS_TIMEOUT"
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
+COLLECTIVE_TIMEOUT_VAR = "RESDEPTH_COLLECTIVE_TIMEOUT"
+IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+_SIOCGIFADDR = 0x8915  # Linux ioctl: the IPv4 address of an interface
+# What gloo, NCCL and the store say when a peer is gone or silent.
+_PEER_ERROR = re.compile(r"gloo|nccl|connection|timed out|closed by peer|broken pipe", re.IGNORECASE)
 
 
 class DistEnvError(UserError, RuntimeError):
@@ -55,6 +73,7 @@ class DistEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"  # single | torchrun | slurm | submitit
+    hosts: tuple[str, ...] = ()  # the job's nodes when the launcher says (Slurm), first = master
 
     def export(self, environ: Optional[dict] = None) -> None:
         """Write the torch.distributed env:// variables for this process."""
@@ -103,7 +122,8 @@ def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
                                f"(need {', '.join(SLURM_VARS)})")
         hosts = parse_nodelist(env["SLURM_JOB_NODELIST"])
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"]),
-                       env.get("MASTER_ADDR", hosts[0]), _job_port(env, env["SLURM_JOB_ID"]), "slurm")
+                       env.get("MASTER_ADDR", hosts[0]), _job_port(env, env["SLURM_JOB_ID"]), "slurm",
+                       tuple(hosts))
     if "SUBMITIT_LOCAL_GLOBALID" in env:  # submitit's LocalExecutor: tasks on this machine
         missing = [v for v in SUBMITIT_LOCAL_VARS if v not in env]
         if missing:
@@ -120,22 +140,135 @@ def _job_port(env: Mapping[str, str], job_id: str) -> int:
     return int(env.get("RESDEPTH_MASTER_PORT") or env.get("MASTER_PORT") or master_port_for_job(job_id))
 
 
-def rendezvous_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
-    """Seconds the ranks wait for each other at start-up: ``RESDEPTH_RENDEZVOUS_TIMEOUT`` or 300."""
-    text = environ.get(RENDEZVOUS_TIMEOUT_VAR, "")
+def _seconds_var(name: str, default: float, environ: Mapping[str, str]) -> float:
+    """A positive number of seconds from ``environ[name]``, or ``default`` when unset."""
+    text = environ.get(name, "")
     if not text:
-        return DEFAULT_RENDEZVOUS_TIMEOUT_S
+        return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise DistEnvError(f"{RENDEZVOUS_TIMEOUT_VAR}={text!r}: expected a positive number of seconds")
+        raise DistEnvError(f"{name}={text!r}: expected a positive number of seconds")
     return value
+
+
+def rendezvous_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds the ranks wait for each other at start-up: ``RESDEPTH_RENDEZVOUS_TIMEOUT`` or 300."""
+    return _seconds_var(RENDEZVOUS_TIMEOUT_VAR, DEFAULT_RENDEZVOUS_TIMEOUT_S, environ)
+
+
+def collective_timeout_s(default: float, environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds any collective may wait for a peer: ``RESDEPTH_COLLECTIVE_TIMEOUT`` or ``default``
+    (the caller's: long enough for a GPU step or a slow evaluation unit)."""
+    return _seconds_var(COLLECTIVE_TIMEOUT_VAR, default, environ)
+
+
+# ---- which interface gloo and NCCL use across hosts -------------------------------------------
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith("127.") or addr == "::1"
+
+
+def _resolve(name: str) -> Optional[str]:
+    """The IPv4 address ``name`` resolves to here, or None."""
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return None
+
+
+def _route_source(addr: str) -> Optional[str]:
+    """This host's address on the route towards ``addr`` (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+def interface_of(addr: str) -> Optional[str]:
+    """The name of the interface that holds the IPv4 address ``addr``, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if socket.inet_ntoa(packed[20:24]) == addr:
+                return name
+    return None
+
+
+def pick_interface(at: DistEnv, environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The interface that routes towards the master (or, on the master's host, towards the first
+    other node), for a job whose ranks span several hosts; None when the job is on one host or
+    both ``GLOO_SOCKET_IFNAME`` and ``NCCL_SOCKET_IFNAME`` are set. Raises ``DistEnvError`` naming
+    the address and the variables when no such interface exists."""
+    if all(environ.get(v) for v in IFNAME_VARS) or len(set(at.hosts)) < 2:
+        return None
+    me = socket.gethostname()
+    targets = [at.master_addr] + [h for h in at.hosts if h.split(".")[0] != me.split(".")[0]]
+    tried = []
+    for target in targets:
+        addr = _resolve(target)
+        source = _route_source(addr) if addr else None
+        tried.append(f"{target} -> {addr or 'unresolved'} via {source or 'no route'}")
+        if source and not _is_loopback(source):
+            name = interface_of(source)
+            if name:
+                return name
+    own = _resolve(me)
+    raise DistEnvError(
+        f"rank {at.rank} on host {me} (which resolves to {own}) found no network interface towards "
+        f"the other nodes of the job ({'; '.join(tried)}): set GLOO_SOCKET_IFNAME (and "
+        "NCCL_SOCKET_IFNAME on GPUs) to the interface that reaches them, e.g. the cluster "
+        "profile's socket_ifname")
+
+
+def _use_interface(at: DistEnv) -> str:
+    """Export the interface gloo/NCCL should use (unless set) and say where this rank runs."""
+    name = pick_interface(at)
+    for var in IFNAME_VARS:
+        if name and not os.environ.get(var):
+            os.environ[var] = name
+    host = socket.gethostname()
+    gloo_if = os.environ.get("GLOO_SOCKET_IFNAME", "")
+    where = f"host {host} ({_resolve(host) or 'unresolved'}"
+    where += f", interface {gloo_if})" if gloo_if else ")"
+    return where
 
 
 _ENV = DistEnv()
 _HOST_GROUP = None  # gloo group for host tensors when the default group is NCCL (see all_reduce_sum)
+_HEARTBEAT: Optional["_Heartbeat"] = None  # this rank's heartbeat into the rendezvous store
+
+
+class _Heartbeat(threading.Thread):
+    """Counts up ``resdepth/alive/<rank>`` in the rendezvous store every ``interval`` seconds, on a
+    store connection of its own, so that ``lost_peer`` can tell which rank stopped."""
+
+    def __init__(self, at: DistEnv, interval: float) -> None:
+        super().__init__(name="resdepth-heartbeat", daemon=True)
+        self.at, self.interval = at, interval
+        self.stopped = threading.Event()
+
+    def client(self):
+        return torch_dist.TCPStore(self.at.master_addr, self.at.master_port, is_master=False,
+                                   timeout=datetime.timedelta(seconds=max(2.0, 2 * self.interval)),
+                                   wait_for_workers=False)
+
+    def run(self) -> None:
+        try:
+            store = self.client()
+            while not self.stopped.is_set():
+                store.add(f"resdepth/alive/{self.at.rank}", 1)
+                self.stopped.wait(self.interval)
+        except (RuntimeError, OSError):  # the store's host went away: lost_peer says so
+            pass
 
 
 def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = False,
@@ -150,6 +283,7 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
     _ENV = detect_env()
     if torch_dist.is_initialized() or (_ENV.world_size == 1 and not group):
         return _ENV
+    timeout_s = collective_timeout_s(timeout_s)
     _HOST_GROUP = None  # belonged to a group destroyed since
     use_cuda = torch.cuda.is_available() if device_type == "auto" else device_type == "cuda"
     backend = "nccl" if use_cuda else "gloo"
@@ -166,6 +300,7 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
         return _ENV
     wait = rendezvous_timeout_s() if rendezvous_timeout is None else rendezvous_timeout
     deadline = time.monotonic() + wait
+    where = _use_interface(_ENV)
     _ENV.export()
     try:
         # env:// as torch reads it: a client of torchrun's agent store when it says so, else rank 0
@@ -182,9 +317,72 @@ def init(device_type: str = "auto", timeout_s: float = 600.0, group: bool = Fals
     except (RuntimeError, ValueError, OSError) as e:  # torch's DistError is a RuntimeError
         raise RendezvousError(_rendezvous_failure(_ENV, backend, wait, e)) from e
     store.set_timeout(timeout)  # later groups (new_group) wait like collectives do
-    log.info("rank %d/%d joined %s group via %s (%s:%d)", _ENV.rank, _ENV.world_size,
-             backend, _ENV.source, _ENV.master_addr, _ENV.master_port)
+    store.set(f"resdepth/where/{_ENV.rank}", where)
+    _start_heartbeat(_ENV, timeout_s)
+    _name_lost_peers_on_exit()
+    log.info("rank %d/%d joined %s group via %s (%s:%d) on %s, collectives time out after %g s",
+             _ENV.rank, _ENV.world_size, backend, _ENV.source, _ENV.master_addr, _ENV.master_port,
+             where, timeout_s)
     return _ENV
+
+
+def _start_heartbeat(at: DistEnv, timeout_s: float) -> None:
+    global _HEARTBEAT
+    _stop_heartbeat()
+    # Several beats per collective timeout, so a stopped rank is told apart before anyone gives up.
+    _HEARTBEAT = _Heartbeat(at, max(0.5, min(5.0, timeout_s / 8)))
+    _HEARTBEAT.start()
+
+
+def _stop_heartbeat() -> None:
+    global _HEARTBEAT
+    if _HEARTBEAT is not None:
+        _HEARTBEAT.stopped.set()
+        _HEARTBEAT = None
+
+
+def _name_lost_peers_on_exit() -> None:
+    """Make an uncaught collective failure (training, evaluation or prediction run by srun or
+    torchrun) print first the line naming the lost rank and host; chained to the previous hook."""
+    previous = sys.excepthook
+    if getattr(previous, "resdepth_lost_peer", False):
+        return
+
+    def hook(kind, value, tb):
+        line = lost_peer(value) if isinstance(value, Exception) else None
+        if line:
+            log.error(line)
+            print(f"resdepth: {line}", file=sys.stderr, flush=True)
+        previous(kind, value, tb)
+
+    hook.resdepth_lost_peer = True
+    sys.excepthook = hook
+
+
+def lost_peer(err: BaseException) -> Optional[str]:
+    """One line naming the rank(s) and host(s) lost when ``err`` came from a collective whose peer
+    died or stopped (its heartbeat no longer advances, or the store on rank 0's host is gone);
+    None when ``err`` is not about a peer or every peer is alive. Waits a few heartbeats."""
+    beat = _HEARTBEAT
+    if beat is None or not isinstance(err, (RuntimeError, OSError)):
+        return None
+    cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if not (isinstance(err, torch_dist.DistError) or re.search(_PEER_ERROR, cause)):
+        return None  # not about a peer: fail at once, without waiting for heartbeats
+    try:
+        store = beat.client()
+        keys = [f"resdepth/alive/{r}" for r in range(beat.at.world_size)]
+        before = [store.add(k, 0) for k in keys]
+        time.sleep(3 * beat.interval)
+        after = [store.add(k, 0) for k in keys]
+    except (RuntimeError, OSError):
+        return (f"lost rank 0 on host {beat.at.master_addr}: its rendezvous store does not answer "
+                f"(rank {beat.at.rank} saw: {cause})")
+    lost = [r for r in range(beat.at.world_size) if r != beat.at.rank and after[r] == before[r]]
+    if not lost:
+        return None
+    names = ", ".join(f"rank {r} on {store.get(f'resdepth/where/{r}').decode()}" for r in lost)
+    return f"lost {names}: no heartbeat for {3 * beat.interval:g} s (rank {beat.at.rank} saw: {cause})"
 
 
 def _wait_for_store(addr: str, port: int, deadline: float) -> None:
@@ -210,6 +408,14 @@ def _rendezvous_failure(at: DistEnv, backend: str, wait: float, err: BaseExcepti
         return (f"{head}. Port {at.master_port} on {at.master_addr} is taken by another process (another "
                 "job on this node, or an earlier run still exiting): free it, or choose a free port "
                 "with MASTER_PORT (RESDEPTH_MASTER_PORT in a Slurm job).")
+    loopback = re.search(r"remote=\[(127\.[0-9.]+|::1)\]", cause)
+    if "connectFullMesh" in cause or loopback:
+        said = f"a peer advertised {loopback.group(1)}, a loopback address" if loopback else \
+            "the peers could not connect to each other's advertised addresses"
+        return (f"{head}. After the rendezvous {said}: set GLOO_SOCKET_IFNAME (NCCL_SOCKET_IFNAME on "
+                "GPUs, or the cluster profile's socket_ifname) to the interface that reaches the other "
+                f"nodes (now GLOO_SOCKET_IFNAME={os.environ.get('GLOO_SOCKET_IFNAME', '')!r}), or fix "
+                "the hosts file line that maps this host's name to a loopback address.")
     return (f"{head}. Check that all {at.world_size} processes were started (torchrun "
             "--nproc_per_node/--nnodes, srun -n, WORLD_SIZE) and none failed before this point (see "
             "their logs), that every rank was given the same MASTER_ADDR and MASTER_PORT, and that "
@@ -309,4 +515,5 @@ def shutdown() -> None:
     if is_dist():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
+    _stop_heartbeat()
     _HOST_GROUP = None

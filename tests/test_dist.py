@@ -153,3 +153,29 @@ def test_host_tensors_reduce_over_gloo_beside_nccl(monkeypatch):
         monkeypatch.undo()
         dist.shutdown()
     assert dist._HOST_GROUP is None
+
+
+def test_interface_towards_the_master_or_a_clear_error():
+    """Across hosts the interface that routes to the master is chosen; one host needs none; no
+    route at all stops at once naming the address and the variables to set."""
+    me = socket.gethostname()
+    one_host = dist.DistEnv(rank=0, world_size=2, master_addr=me, hosts=(me,))
+    assert dist.pick_interface(one_host, {}) is None
+    # the master is this host: the route to its own address leaves through lo only, so the
+    # first other node decides; an address on this host's own interface stands in for it here
+    two = dist.DistEnv(rank=1, world_size=2, master_addr="127.0.0.1", hosts=("127.0.0.1", "localhost"))
+    with pytest.raises(DistEnvError, match="GLOO_SOCKET_IFNAME .*NCCL_SOCKET_IFNAME"):
+        dist.pick_interface(two, {})
+    unknown = dist.DistEnv(rank=1, world_size=2, master_addr="no-such-host.invalid",
+                           hosts=("no-such-host.invalid", "other.invalid"))
+    with pytest.raises(DistEnvError, match=r"no-such-host.invalid -> unresolved"):
+        dist.pick_interface(unknown, {})
+    assert dist.pick_interface(unknown, {"GLOO_SOCKET_IFNAME": "eth9", "NCCL_SOCKET_IFNAME": "eth9"}) is None
+    assert dist.interface_of("127.0.0.1") == "lo"
+
+
+def test_collective_timeout_from_the_environment():
+    assert dist.collective_timeout_s(600.0, {}) == 600.0
+    assert dist.collective_timeout_s(600.0, {"RESDEPTH_COLLECTIVE_TIMEOUT": "15"}) == 15.0
+    with pytest.raises(DistEnvError, match="RESDEPTH_COLLECTIVE_TIMEOUT"):
+        dist.collective_timeout_s(600.0, {"RESDEPTH_COLLECTIVE_TIMEOUT": "soon"})

@@ -86,7 +86,7 @@ class Matrix:
             return ["srun", f"--ntasks={n}", "--time=5", "--kill-on-bad-exit=1",
                     "--job-name=launch-matrix", sys.executable, *train]
         # resdepth-launch on submitit's LocalExecutor: one task, as a user would submit it
-        return [sys.executable, "-m", "launch", "train", "--cluster", "local", "--profile", "local",
+        return [sys.executable, "-m", "resdepth.launch", "train", "--cluster", "local", "--profile", "local",
                 "--time", "5", "--max-requeue", "0", "--wait", "--run-dir", str(run),
                 *self.args(backend, run)]
 

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import submitit
 
-from launch import records, status
-from launch.jobs import REQUEUE_EXIT_CODE, JobFailed, TrainJob
+from resdepth.launch import records, status
+from resdepth.launch.jobs import REQUEUE_EXIT_CODE, JobFailed, TrainJob
 
 
 def cfg_in(path):

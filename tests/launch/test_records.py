@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import submitit
 
-from launch import records
-from launch.__main__ import cli
-from launch.jobs import REQUEUE_EXIT_CODE, TrainJob
+from resdepth.launch import records
+from resdepth.launch.__main__ import cli
+from resdepth.launch.jobs import REQUEUE_EXIT_CODE, TrainJob
 
 DRY = ["train", "experiment=baseline_regression", "--dry-run"]
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from launch.__main__ import cli
-from launch.cluster import ClusterProfile, Resources, load_profile
+from resdepth.launch.__main__ import cli
+from resdepth.launch.cluster import ClusterProfile, Resources, load_profile
 from resdepth.config.core import ConfigError
 
 ARGS = ["train", "experiment=baseline_regression", "--profile", "example", "--nodes", "2",
@@ -50,7 +50,7 @@ def test_dry_run_setup_lines_then_command(script, tmp_path):
 
 
 def test_flags_win_over_profile_and_gres(tmp_path):
-    from launch.cluster import render_sbatch
+    from resdepth.launch.cluster import render_sbatch
 
     prof = ClusterProfile(partition="gpu", gpus_per_node=4, gpu_request="gres", time_min=10)
     res = Resources.from_profile(prof, partition="big", time_min=None, qos="high", mem_gb=64.0,
@@ -77,7 +77,7 @@ def test_bad_profile_fails_with_valid_keys(tmp_path):
 
 def test_dry_run_submits_nothing(tmp_path):
     """The CLI entry point renders the script even where there is no sbatch at all."""
-    out = subprocess.run([sys.executable, "-m", "launch", *ARGS, "--run-dir", str(tmp_path / "r")],
+    out = subprocess.run([sys.executable, "-m", "resdepth.launch", *ARGS, "--run-dir", str(tmp_path / "r")],
                          capture_output=True, text=True, env={"PATH": "/nonexistent"}, check=True)
     assert "#SBATCH --nodes=2" in out.stdout and "nothing submitted" in out.stderr
     assert not (tmp_path / "r").exists()

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import cloudpickle
 import pytest
 
-from launch import records, status, submit
-from launch.cluster import Resources, load_profile
+from resdepth.launch import records, status, submit
+from resdepth.launch.cluster import Resources, load_profile
 
 # The stand-in entry point below travels to the job by value: the job cannot import tests/.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -263,7 +263,7 @@ def test_failed_regression_cancels_dependents(tmp_path, shards):
     rows = {r.stage: r for r in status.collect(root)}
     assert rows["diffusion"].note.startswith(f"never ran: regression job {reg.job_ids[0]} FAILED")
     assert not (root / "diffusion" / "log-rank0.txt").exists()
-    out = subprocess.run([sys.executable, "-m", "launch", "status", str(root)],
+    out = subprocess.run([sys.executable, "-m", "resdepth.launch", "status", str(root)],
                          capture_output=True, text=True, check=True).stdout
     assert "never ran" in out and "FAILED" in out
 

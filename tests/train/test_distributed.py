@@ -28,7 +28,7 @@ def test_ddp_two_ranks_exact_resume(tiny_shards, tmp_path):
                   env=child_env(FAULT_SIGNAL_AT_STEP="10"), check=False, module=FAULTS)
     assert first.returncode != 0
     # torchrun shows the ranks' status 3 as a failure; stopped.json and `status` tell the truth.
-    status = subprocess.run([sys.executable, "-m", "launch", "status", str(cut)], env=child_env(),
+    status = subprocess.run([sys.executable, "-m", "resdepth.launch", "status", str(cut)], env=child_env(),
                             capture_output=True, text=True)
     assert status.returncode == REQUEUE_EXIT_CODE, status.stdout + status.stderr
     assert "saved on SIGUSR2 at step 10" in status.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resdepth.config.core import ConfigError
+from resdepth.train.rundir import STOP_MARKER
 from resdepth.utils.atomic import write_json_atomic
 
 log = logging.getLogger("resdepth")
@@ -118,8 +119,6 @@ def stop_marker(run_dir: Path) -> dict | None:
 
     ``torchrun`` reports a rank's status 3 as a ChildFailedError and exits 1; this file is how a
     script tells that save apart from a failure. The trainer removes it when a run starts."""
-    from resdepth.train.rundir import STOP_MARKER
-
     path = Path(run_dir) / STOP_MARKER
     return _read_json(path, dict) if path.exists() else None
 

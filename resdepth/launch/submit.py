@@ -7,10 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from launch import records
-from launch.cluster import Resources, make_executor, render_sbatch
-from launch.jobs import EvalJob, MergeJob, TrainJob
+from resdepth import eval as evaluation
+from resdepth import predict
 from resdepth.config.core import load_config
+from resdepth.eval.config import EvalConfig
+from resdepth.launch import records
+from resdepth.launch.cluster import Resources, make_executor, render_sbatch
+from resdepth.launch.jobs import EvalJob, MergeJob, TrainJob
+from resdepth.predict.config import PredictConfig
+from resdepth.train.config import Config
 
 
 @dataclass
@@ -29,8 +34,6 @@ class Submitted:
 
 def train_config(overrides: list[str], run_dir: Optional[str] = None):
     """The resolved training config; the run directory is made absolute so jobs and status agree."""
-    from resdepth.train.config import Config
-
     cfg = load_config(Config, list(overrides) + ([f"run.dir={run_dir}"] if run_dir else []))
     cfg.run.dir = str(Path(cfg.run.dir).resolve())
     return cfg
@@ -38,23 +41,15 @@ def train_config(overrides: list[str], run_dir: Optional[str] = None):
 
 def eval_config(args: list[str]):
     """An ``EvalConfig`` from ``key=value`` arguments or from ``resdepth-eval`` flags (``--out DIR``)."""
-    from resdepth.eval.config import EvalConfig
-
     if any(a.startswith("--") for a in args):
-        from resdepth.eval import parse_args
-
-        return parse_args([f for a in args for f in _as_flags(a)])
+        return evaluation.parse_args([f for a in args for f in _as_flags(a)])
     return load_config(EvalConfig, list(args))
 
 
 def predict_config(args: list[str]):
     """A ``PredictConfig`` from ``key=value`` arguments or ``resdepth-predict`` flags."""
-    from resdepth.predict.config import PredictConfig
-
     if any(a.startswith("--") for a in args):
-        from resdepth.predict import parse_args
-
-        return parse_args([f for a in args for f in _as_flags(a)])
+        return predict.parse_args([f for a in args for f in _as_flags(a)])
     return load_config(PredictConfig, list(args))
 
 
@@ -126,9 +121,7 @@ def submit_eval(cfg, res: Resources, cluster: str, array: int,
 def submit_predict(cfg, res: Resources, cluster: str, array: int) -> tuple[Submitted, Submitted]:
     """``array`` prediction tasks running ``resdepth.predict.main``, then ``resdepth.predict.merge``
     (``frames.csv`` and the preview video) after them."""
-    from resdepth.predict import main, merge
-
-    return submit_eval(cfg, res, cluster, array, entry=main, merge_entry=merge, stage="predict",
+    return submit_eval(cfg, res, cluster, array, entry=predict.main, merge_entry=predict.merge, stage="predict",
                        expect="frames.csv")
 
 

@@ -12,7 +12,7 @@
 
 Every job runs the same ``resdepth.train.main(cfg)`` / ``resdepth.eval.main(cfg)`` /
 ``resdepth.predict.main(cfg)`` a user runs by
-hand; how requeue works is described in ``launch/jobs.py``.
+hand; how requeue works is described in ``resdepth/launch/jobs.py``.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 from resdepth.config.core import ConfigError
+from resdepth.launch import records, submit
+from resdepth.launch.cluster import Resources, load_profile
+from resdepth.launch.status import cancel, render, render_run
 
 
 def _resource_args(p: argparse.ArgumentParser) -> None:
@@ -46,8 +49,6 @@ def _resource_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resources(args: argparse.Namespace):
-    from launch.cluster import Resources, load_profile
-
     profile = load_profile(args.profile)
     res = Resources.from_profile(
         profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -63,8 +64,6 @@ def _resources(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from launch import submit
-
     cfg = submit.train_config(args.overrides, args.run_dir)
     res, max_requeue = _resources(args)
     if args.dry_run:
@@ -81,8 +80,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from launch import submit
-
     res, max_requeue = _resources(args)
     root = Path(args.root) if args.root else submit.default_pipeline_root()
     subs = submit.submit_pipeline(root, args.regression, args.diffusion, args.overrides, res,
@@ -104,21 +101,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from launch import submit
-
     return _array_then_merge(args, "eval ", submit.eval_config, submit.submit_eval, "metrics.json")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from launch import submit
-
     return _array_then_merge(args, "predict", submit.predict_config, submit.submit_predict, "frames.csv")
 
 
 def _array_then_merge(args: argparse.Namespace, label: str, make_config, submit_jobs, result: str) -> int:
     """An array of tasks sharing the work units, then a merge job that writes ``result``."""
-    from launch import submit
-
     cfg = make_config(args.overrides)
     if not cfg.out:
         raise ConfigError(f"{label.strip()} needs out=DIR")
@@ -132,9 +123,6 @@ def _array_then_merge(args: argparse.Namespace, label: str, make_config, submit_
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launch import records
-    from launch.status import render, render_run
-
     path = Path(args.dir)
     if not (path / records.PIPELINE_FILE).exists() and not (path / records.JOBS_FILE).exists() \
             and (path / "config.yaml").exists():
@@ -144,8 +132,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from launch.status import cancel
-
     ids = cancel(Path(args.dir))
     print(f"cancelled {' '.join(ids)}" if ids else "no Slurm jobs recorded")
     return 0

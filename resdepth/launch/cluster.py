@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from resdepth.config.core import ConfigError, config_dir, from_dict, opt
+from resdepth.utils.errors import UserError
 
 SUBMITIT_COMMAND = "-u -m submitit.core._submit"
 
@@ -39,6 +40,8 @@ class ClusterProfile:
     sbatch_extra: dict = opt({}, "Further sbatch flags without the leading --, e.g. {mail-type: END}.")
     srun_args: list[str] = opt([], "Further srun arguments.")
     python: str = opt("", "Python interpreter on the compute nodes (empty: the one running resdepth-launch).")
+    socket_ifname: str = opt("", "Network interface for gloo and NCCL across nodes, e.g. ib0 or eth0 (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME; empty: the interface that routes to the master).")
+    collective_timeout_s: float = opt(0.0, "Seconds a collective waits for a lost peer before the job ends and is requeued (RESDEPTH_COLLECTIVE_TIMEOUT; 0: the program's default, 600 s for training, 3600 s for evaluation).")
 
 
 def profile_path(name: str) -> Path:
@@ -84,6 +87,8 @@ class Resources:
     sbatch_extra: dict = dataclasses.field(default_factory=dict)
     srun_args: list[str] = dataclasses.field(default_factory=list)
     python: str = ""
+    socket_ifname: str = ""
+    collective_timeout_s: float = 0.0
     job_name: str = "resdepth"
     dependency: str = ""
 
@@ -103,7 +108,8 @@ class Resources:
         """Every request Slurm would reject or misread, as ``--flag VALUE: problem``."""
         out = []
         for name, low in (("nodes", 1), ("gpus_per_node", 0), ("tasks_per_node", 1),
-                          ("cpus_per_task", 1), ("mem_gb", 0), ("time_min", 1), ("signal_delay_s", 0)):
+                          ("cpus_per_task", 1), ("mem_gb", 0), ("time_min", 1), ("signal_delay_s", 0),
+                          ("collective_timeout_s", 0)):
             value = getattr(self, name)
             if value < low:
                 flag = "--time" if name == "time_min" else "--" + name.replace("_", "-")
@@ -138,13 +144,24 @@ class Resources:
         for key in ("partition", "account", "qos", "constraint", "exclude", "dependency"):
             if getattr(self, key):
                 p[key] = getattr(self, key)
-        if self.setup:
-            p["setup"] = list(self.setup)
+        if self.setup or self.env_lines():
+            p["setup"] = list(self.setup) + self.env_lines()
         if self.srun_args:
             p["srun_args"] = list(self.srun_args)
         extra.update(self.sbatch_extra)
         p["additional_parameters"] = extra
         return p
+
+    def env_lines(self) -> list[str]:
+        """Batch-script lines for the interface and collective-timeout settings (read by
+        ``resdepth.dist``)."""
+        out = []
+        if self.socket_ifname:
+            name = shlex.quote(self.socket_ifname)
+            out.append(f"export GLOO_SOCKET_IFNAME={name} NCCL_SOCKET_IFNAME={name}")
+        if self.collective_timeout_s > 0:
+            out.append(f"export RESDEPTH_COLLECTIVE_TIMEOUT={self.collective_timeout_s:g}")
+        return out
 
     def interpreter(self) -> str:
         return self.python or shlex.quote(sys.executable)
@@ -164,11 +181,12 @@ def make_executor(cluster: str, folder: Path, res: Resources):
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=res.time_min, tasks_per_node=res.ntasks_per_node,
                              nodes=1, gpus_per_node=res.gpus_per_node,
-                             signal_delay_s=res.signal_delay_s, setup=list(res.setup))
+                             signal_delay_s=res.signal_delay_s,
+                             setup=list(res.setup) + res.env_lines())
         return ex
     if cluster == "debug":
         return submitit.DebugExecutor(folder=folder)
-    raise ValueError(f"--cluster {cluster}: expected slurm, local or debug")
+    raise UserError(f"--cluster {cluster}: expected slurm, local or debug")
 
 
 def render_sbatch(folder: Path, res: Resources) -> str:

@@ -1,6 +1,6 @@
 """The callables that jobs run: each calls the same ``main(cfg)`` a user runs by hand.
 
-Requeue, exactly (see also docs in ``launch/__main__.py --help``):
+Requeue, exactly (see also docs in ``resdepth/launch/__main__.py --help``):
 
 * Slurm sends SIGUSR2 ``signal_delay_s`` before the time limit, or on ``scancel --signal=USR2``,
   to every task. While ``resdepth.train.main`` runs, its own handlers own USR2/SIGTERM: they set
@@ -15,6 +15,11 @@ Requeue, exactly (see also docs in ``launch/__main__.py --help``):
   and the trainer resumes from its newest periodic checkpoint.
 * Every incarnation reads ``SLURM_RESTART_COUNT``; at ``max_requeue`` a requeue request ends the
   job as FAILED with a message naming the newest checkpoint, so dependent jobs never run.
+* A peer lost after start-up (its node died, its process was killed or stopped): the surviving
+  ranks' next collective fails within the collective timeout (``RESDEPTH_COLLECTIVE_TIMEOUT``, the
+  cluster profile's ``collective_timeout_s``); each logs one line naming the lost rank and host
+  (``resdepth.dist.lost_peer``), asks Slurm to requeue the job unless it already does (a dead node
+  is requeued by Slurm itself) and leaves, so the next incarnation resumes on healthy nodes.
 """
 from __future__ import annotations
 
@@ -28,23 +33,17 @@ from typing import Any, Callable, Optional
 
 import submitit
 
-from launch import records
+from resdepth import dist
+from resdepth import eval as evaluation
+from resdepth import train
+from resdepth.launch import records
+from resdepth.train.signals import REQUEUE_EXIT_CODE
 
 log = logging.getLogger("resdepth")
-
-from resdepth.train.signals import REQUEUE_EXIT_CODE  # noqa: E402 - the one definition is the trainer's
 
 
 class JobFailed(RuntimeError):
     """``main`` returned a failure code, or the job hit its requeue limit."""
-
-
-def _requeue_exit_code() -> int:
-    try:
-        from resdepth.train import REQUEUE_EXIT_CODE as code
-    except ImportError:  # a stand-in entry point in tests without the trainer
-        return REQUEUE_EXIT_CODE
-    return code
 
 
 def _slurm_state(job_id: str) -> str:
@@ -52,6 +51,33 @@ def _slurm_state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
                          text=True, timeout=60)
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+class PeerLost(RuntimeError):
+    """Another rank of the job died or stopped; the message names it and its host."""
+
+
+def run_main(main: Callable[[Any], int], cfg: Any) -> int:
+    """``main(cfg)``; a failure caused by a lost peer becomes ``PeerLost`` with one logged line."""
+    try:
+        return main(cfg)
+    except (RuntimeError, OSError) as e:
+        line = dist.lost_peer(e)
+        if line is None:
+            raise
+        log.error(line)
+        raise PeerLost(line) from None
+
+
+def requeue_after_lost_peer(env: submitit.JobEnvironment, err: PeerLost) -> None:
+    """Every surviving rank asks Slurm to requeue the job (the first one wins; when Slurm already
+    requeues it after a node failure, nothing is asked), then leaves; never returns."""
+    job_id = str(env.job_id)
+    if env.cluster == "slurm" and _slurm_state(job_id) == "RUNNING":
+        # no check: another survivor may have requeued it a moment earlier
+        subprocess.run(["scontrol", "requeue", job_id], capture_output=True, timeout=60)
+    print(f"resdepth: {err}; job {job_id} requeued", file=sys.stderr, flush=True)
+    sys.exit(REQUEUE_EXIT_CODE)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -68,11 +94,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return Path(self.cfg.run.dir)
 
     def _main(self) -> Callable[[Any], int]:
-        if self.entry is not None:
-            return self.entry
-        from resdepth.train import main
-
-        return main
+        return self.entry if self.entry is not None else train.main
 
     def continued_config(self) -> Any:
         """The config of a requeued incarnation: it continues what the first one started, so
@@ -99,8 +121,13 @@ class TrainJob(submitit.helpers.Checkpointable):
                               tasks=env.num_tasks, host=env.hostname)
         main = self._main()
         cfg = self.cfg if restarts == 0 else self.continued_config()
-        code = main(cfg)
-        while code == _requeue_exit_code() and env.cluster == "debug":
+        try:
+            code = run_main(main, cfg)
+        except PeerLost as e:
+            if restarts >= self.max_requeue:
+                raise JobFailed(f"{e}; requeue limit reached ({restarts} requeues)") from None
+            requeue_after_lost_peer(env, e)
+        while code == REQUEUE_EXIT_CODE and env.cluster == "debug":
             # in-process executor: nothing to requeue, so resume in place
             cfg = self.continued_config()
             code = main(cfg)
@@ -108,9 +135,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.global_rank == 0:
                 records.log_event(self.run_dir, "done", job_id=str(env.job_id), restart=restarts)
             return 0
-        if code == _requeue_exit_code():
+        if code == REQUEUE_EXIT_CODE:
             self._requeue(env, restarts)
-        raise JobFailed(f"training returned exit code {code} (0 = done, {_requeue_exit_code()} = "
+        raise JobFailed(f"training returned exit code {code} (0 = done, {REQUEUE_EXIT_CODE} = "
                         f"requeue); see {self.run_dir}/log-rank{env.global_rank}.txt")
 
     def _requeue(self, env: submitit.JobEnvironment, restarts: int) -> None:
@@ -142,7 +169,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.cluster == "local":
                 env._requeue(self.max_requeue - restarts)  # exits with submitit's local requeue code
         # SystemExit, not an exception: submitit writes no result, the next incarnation will.
-        sys.exit(_requeue_exit_code())
+        sys.exit(REQUEUE_EXIT_CODE)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[submitit.helpers.DelayedSubmission]:
         """Called by submitit's USR2 handler (rank 0) when the signal came outside ``main``."""
@@ -165,11 +192,11 @@ class EvalJob(submitit.helpers.Checkpointable):
         self.entry = entry
 
     def __call__(self) -> int:
-        if self.entry is None:
-            from resdepth.eval import main
-        else:
-            main = self.entry
-        code = main(self.cfg)
+        main = self.entry if self.entry is not None else evaluation.main
+        try:
+            code = run_main(main, self.cfg)
+        except PeerLost as e:
+            requeue_after_lost_peer(submitit.JobEnvironment(), e)
         if code != 0:
             raise JobFailed(f"array task {self.cfg.task_id} returned exit code {code}")
         return 0
@@ -187,10 +214,7 @@ class MergeJob(submitit.helpers.Checkpointable):
         self.expect = expect
 
     def __call__(self) -> str:
-        if self.entry is None:
-            from resdepth.eval import merge
-        else:
-            merge = self.entry
+        merge = self.entry if self.entry is not None else evaluation.merge
         merge(self.out_dir)
         metrics = Path(self.out_dir) / self.expect
         if not metrics.exists():

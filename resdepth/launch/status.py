@@ -7,9 +7,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch import records
+from resdepth.launch import records
 
 NEVER_RAN = ("CANCELLED", "PENDING")
+REQUEUED = ("REQUEUED", "NODE_FAIL", "PREEMPTED")  # states of an incarnation that Slurm ran again
 FAILED = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "DEADLINE")
 
 
@@ -27,6 +28,7 @@ class JobRow:
     step: int | None = None
     last_log: list[str] = field(default_factory=list)
     note: str = ""
+    runs: list[str] = field(default_factory=list)  # per incarnation: nodes, state, failed nodes
 
 
 def stages_of(path: Path) -> list[dict]:
@@ -45,18 +47,55 @@ def _sacct(job_ids: list[str]) -> dict[str, list[dict]]:
     """Every recorded incarnation (-D) of each job or array task, oldest first."""
     if not job_ids or not shutil.which("sacct"):
         return {}
-    fmt = "JobID,State,ExitCode,Start,Elapsed,NodeList"
+    fmt = "JobID,State,ExitCode,Start,Elapsed,NodeList,End"
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(job_ids),
                           f"--format={fmt}"], capture_output=True, text=True, timeout=60)
     rows: dict[str, list[dict]] = {}
     for line in out.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) != 6:
+        if len(parts) != 7:
             continue
-        jid, state, exit_code, start, elapsed, nodes = parts
+        jid, state, exit_code, start, elapsed, nodes, end = parts
         rows.setdefault(jid, []).append(dict(state=state.split()[0], exit_code=exit_code,
-                                             start=start, elapsed=elapsed, nodes=nodes))
+                                             start=start, elapsed=elapsed, nodes=nodes, end=end))
     return rows
+
+
+def _node_down_events() -> list[dict]:
+    """Slurm's record of nodes going down (``sacctmgr show event``): node, start, reason."""
+    if not shutil.which("sacctmgr"):
+        return []
+    out = subprocess.run(["sacctmgr", "-n", "-P", "show", "event", "format=NodeName,Start,State,Reason"],
+                         capture_output=True, text=True, timeout=60)
+    events = []
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4 and parts[0] and parts[2].startswith(("DOWN", "FAIL", "DRAIN")):
+            events.append(dict(node=parts[0], start=parts[1], reason=parts[3]))
+    return events
+
+
+def _expand(nodelist: str) -> list[str]:
+    from submitit.slurm.slurm import _parse_node_list  # Slurm's own grammar, kept by submitit
+
+    return _parse_node_list(nodelist) if nodelist not in ("None assigned", "None", "") else []
+
+
+def describe_runs(hist: list[dict], events: list[dict]) -> list[str]:
+    """One line per incarnation: where it ran, how it ended, and which of its nodes went down
+    while it ran (Slurm's node events), e.g. ``n[1-2] NODE_FAIL: n2 down 12:00:05 (Not responding)``."""
+    lines = []
+    for h in hist:
+        if h["nodes"] in ("None assigned", "None", ""):
+            continue
+        line = f"{h['nodes']} {h['state']}"
+        hosts, end = _expand(h["nodes"]), h.get("end") or "9999"
+        down = [e for e in events if e["node"] in hosts and h["start"] <= e["start"] <= end]
+        if down and h["state"] in REQUEUED + ("FAILED", "CANCELLED"):
+            line += ": " + ", ".join(f"{e['node']} down {e['start'].split('T')[-1]} ({e['reason']})"
+                                     for e in down)
+        lines.append(line)
+    return lines
 
 
 def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -98,6 +137,7 @@ def collect(path: Path) -> list[JobRow]:
             rows.append(JobRow(st["stage"], jid, d, st.get("depends_on")))
     bases = sorted({r.job_id.split("_")[0] for r in rows})
     acct, queue = _sacct(bases), _squeue(bases)
+    node_events = _node_down_events() if any(h["state"] == "NODE_FAIL" for hs in acct.values() for h in hs) else []
     by_stage: dict[str, list[JobRow]] = {}
     for r in rows:
         hist = acct.get(r.job_id) or _pending_array(acct, r.job_id)
@@ -106,7 +146,8 @@ def collect(path: Path) -> list[JobRow]:
             # A pending job's Start can hold its *expected* start time, also in the record of a
             # job cancelled before it ran: only an allocation proves that it started.
             r.started = any(h["nodes"] not in ("None assigned", "None", "") for h in hist)
-            r.requeues = sum(1 for h in hist if h["state"] == "REQUEUED")
+            r.requeues = sum(1 for h in hist[:-1] if h["state"] in REQUEUED)
+            r.runs = describe_runs(hist, node_events)
         if r.job_id in queue:
             r.state, r.reason = queue[r.job_id]
             r.started = r.started or r.state == "RUNNING"
@@ -157,7 +198,7 @@ def render(path: Path) -> None:
 
     rows = collect(path)
     table = Table(title=f"resdepth jobs in {path}")
-    for col in ("stage", "job", "state", "requeues", "checkpoint", "last log lines"):
+    for col in ("stage", "job", "state", "requeues", "nodes (each run)", "checkpoint", "last log lines"):
         table.add_column(col, overflow="fold")
     colour = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow"}
     for r in rows:
@@ -166,7 +207,7 @@ def render(path: Path) -> None:
             state += f"\n{r.note}"
         style = colour.get(r.state, "red" if r.state in FAILED else "")
         table.add_row(r.stage, r.job_id, f"[{style}]{state}[/]" if style else state,
-                      str(r.requeues), "-" if r.step is None else f"step {r.step}",
+                      str(r.requeues), "\n".join(r.runs) or "-", "-" if r.step is None else f"step {r.step}",
                       "\n".join(r.last_log))
     Console(width=max(140, shutil.get_terminal_size().columns)).print(table)
 
