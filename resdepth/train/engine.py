@@ -69,12 +69,20 @@ class DDPEngine:
 
     A step whose gradient norm (or any rank's loss) is not finite is skipped on the device by
     ``GuardedAdamW``.
+
+    On CUDA the weights are made channels-last like the activations (``SongUNet.memory_format``):
+    cuDNN returns the weight gradients of NHWC convolutions in channels-last strides, DDP's bucket
+    views copy each parameter's strides, and a gradient whose strides differ is copied into its
+    bucket every step ("Grad strides do not match bucket view strides"). On the CPU, oneDNN hands
+    back contiguous weight gradients, so the weights stay as they are (and the CPU numbers too).
     """
 
     name = "ddp"
 
     def __init__(self, net: torch.nn.Module, cfg: TrainerConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
         self.module = net.to(device)
         self.model: torch.nn.Module = net
         if dist.world_size() > 1:
