@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resdepth.data.format import shapes_for  # noqa: E402
 from resdepth.data.netinput import net_input_batch  # noqa: E402
 from resdepth.diffusion.sampler import ensemble_mean, generate_ensemble  # noqa: E402
-from resdepth.eval.metrics import depth_metric_sums, finalize, sharpness_sums  # noqa: E402
+from resdepth.eval.metrics import (depth_metric_sums, ensemble_metric_sums, finalize,  # noqa: E402
+                                   sharpness_sums)
 from resdepth.eval.samples import iter_samples  # noqa: E402
 from resdepth.infer.config import InferenceSettings  # noqa: E402
 from resdepth.infer.nets import load_nets, make_patching  # noqa: E402
-from resdepth.infer.sampler import sampler_kwargs  # noqa: E402
+from resdepth.infer.sampler import noise_baseline, sampler_kwargs  # noqa: E402
 from resdepth.infer.work import split_shards  # noqa: E402
 
 BINS = [(0, 5), (5, 10), (10, 20), (20, 40), (40, 80)]
@@ -96,6 +97,7 @@ def load(a: argparse.Namespace):
         print(f"  sampled {i + len(batch)}/{len(samples)} ({time.time() - t0:.0f} s)", file=sys.stderr)
     depth = torch.from_numpy(np.stack([s.depth for s in samples]))
     mask = torch.from_numpy(np.stack([s.mask for s in samples]))
+    nets.keys = [s.key for s in samples]
     return nets, depth, mask, torch.cat(regs), torch.cat(members), time.time() - t0
 
 
@@ -152,20 +154,31 @@ def by_bin(nets, depth, mask, reg_n, members_n, rng, m: int) -> None:
            "grad E"], rows)
 
 
+def crps(members_m: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, rng: dict) -> float:
+    return finalize(ensemble_metric_sums(members_m, depth, mask, protocol="pooled", **rng))["crps"]
+
+
 def by_count(nets, depth, mask, reg_n, members_n, rng) -> None:
     total = members_n.shape[1]
     counts = [c for c in COUNTS if c <= total]
-    print("### 2. Ensemble mean (and median) against the member count (members 0..M-1)\n")
+    std = float(nets.diffusion_meta["residual_std"])
+    noise_m = nets.norm.denormalize(noise_baseline(reg_n, nets.keys, 0, total, std))
+    members_m = nets.norm.denormalize(members_n)
+    print("### 2. Ensemble mean (and median) against the member count (members 0..M-1; CRPS of "
+          "the members and of the regression + Gaussian noise of the residual std)\n")
     rows, mse = [], {}
     for c in counts:
         est = estimates(nets, reg_n, members_n, c)
         mean = metrics(est["ensemble mean"], depth, mask, rng)
         med = metrics(est["member median"], depth, mask, rng)
         mse[c] = mean["mse"]
+        ours, noise = crps(members_m[:, :c], depth, mask, rng), crps(noise_m[:, :c], depth, mask, rng)
         rows.append([c, mean["rmse"], mean["abs_rel"], mean["mae"], mean["mae_10m"],
-                     mean["boundary_mae"], med["rmse"], med["abs_rel"], med["mae"], med["boundary_mae"]])
+                     mean["boundary_mae"], med["rmse"], med["abs_rel"], med["mae"],
+                     med["boundary_mae"], ours, noise, f"{100 * (1 - ours / noise):.1f} %"])
     table(["M", "mean RMSE", "mean abs_rel", "mean MAE", "mean MAE<10", "mean edge MAE",
-           "median RMSE", "median abs_rel", "median MAE", "median edge MAE"], rows)
+           "median RMSE", "median abs_rel", "median MAE", "median edge MAE", "CRPS", "noise CRPS",
+           "CRPS gain"], rows)
     if len(counts) > 1:
         last = counts[-1]
         # MSE(M) = MSE_inf + V / M: two points fix both
