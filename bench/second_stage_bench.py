@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resdepth.data.format import shapes_for  # noqa: E402
+from resdepth.data.format import iter_shard_range, npy_load, shapes_for  # noqa: E402
 from resdepth.data.netinput import net_input_batch  # noqa: E402
 from resdepth.diffusion.sampler import ensemble_mean, generate_ensemble  # noqa: E402
 from resdepth.eval.metrics import (depth_metric_sums, ensemble_metric_sums, finalize,  # noqa: E402
@@ -58,11 +58,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="sampler steps (the demo's 8)")
     p.add_argument("--batch", type=int, default=8, help="images per sampler call")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--predictions", default=None,
+                   help="an evaluation's predictions/ (--save-predictions) of the same split: "
+                        "table 0 scores its saved estimates on every sample (default: "
+                        "DEMO/eval/predictions when it exists; 'none' skips)")
     a = p.parse_args(argv)
     demo = Path(a.demo)
     a.regression = a.regression or str(demo / "runs" / "regression")
     a.diffusion = a.diffusion or str(demo / "runs" / "diffusion")
     a.data = a.data or str(demo / "shards" / "test")
+    if a.predictions is None and (demo / "eval" / "predictions").is_dir():
+        a.predictions = str(demo / "eval" / "predictions")
     return a
 
 
@@ -233,6 +239,37 @@ def normalisation(nets, depth, mask, members_n, rng, m: int) -> None:
            "RMSE metric", "abs_rel norm-space", "abs_rel metric", "bias norm-space", "bias metric"], rows)
 
 
+def saved(a: argparse.Namespace, nets, rng: dict) -> None:
+    """Table 0: the saved regression, ensemble mean and member median of a whole evaluation."""
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    for tar in sorted(Path(a.predictions).glob("pred-*.tar")):
+        for raw in iter_shard_range(str(tar)):
+            preds[raw["__key__"]] = {k[:-4]: npy_load(v) for k, v in raw.items() if k.endswith(".npy")}
+    bins, h, w = nets.data_shape
+    truth, masks, est = [], [], {"regression": [], "mean": [], "median": []}
+    for url, total in split_shards(a.data)[0]:
+        for s in iter_samples(url, 0, None, shapes_for(bins, h, w), total):
+            truth.append(s.depth)
+            masks.append(s.mask)
+            for k in est:
+                est[k].append(preds[s.key][k])
+    depth, mask = torch.from_numpy(np.stack(truth)), torch.from_numpy(np.stack(masks))
+    names = {"regression": "regression", "mean": "ensemble mean", "median": "member median"}
+    print(f"### 0. The evaluation's saved estimates, all {len(truth)} samples ({a.predictions})\n")
+    rows, whole = [], []
+    for k, name in names.items():
+        pred = torch.from_numpy(np.stack(est[k]))
+        for lo, hi in BINS:
+            r = metrics(pred, depth, in_bin(depth, mask, lo, hi), rng)
+            rows.append([name, f"{lo}-{hi}", f"{r['n']:,}", r["mae"], r["rmse"], r["abs_rel"], r["bias"]])
+        r = metrics(pred, depth, mask, rng)
+        whole.append([name, r["abs_rel"], r["sq_rel"], r["mse"], r["rmse"], r["delta1"], r["mae"],
+                      r["mae_10m"], r["boundary_mae"], r["grad_energy"]])
+    table(["estimate", "depth m", "pixels", "MAE m", "RMSE m", "abs_rel", "bias m"], rows)
+    table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "MAE m", "MAE<10",
+           "edge MAE (of this estimate)", "grad E"], whole)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.threads:
@@ -244,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{depth.shape[0]} samples of {a.data}, {members_n.shape[1]} members x {a.steps} steps "
           f"(stochastic, S_churn 10, seed 0) sampled in {secs:.0f} s on "
           f"{torch.get_num_threads()} CPU threads; predictions clipped to [{lo:.3f}, {hi:g}] m\n")
+    if a.predictions and a.predictions.lower() != "none":
+        saved(a, nets, rng)
     by_bin(nets, depth, mask, reg_n, members_n, rng, m)
     by_count(nets, depth, mask, reg_n, members_n, rng)
     residuals(nets, depth, mask, reg_n, members_n, rng, m)
