@@ -2,7 +2,7 @@
 PNG figure grids (matplotlib, Agg backend).
 
 Training's TensorBoard panels, evaluation's ``samples.png`` and prediction's previews all draw
-with these helpers, so that a depth has one colour everywhere. Depth is drawn on a log scale by
+with these functions, so that a depth has one colour everywhere. Depth is drawn on a log scale by
 default: on a linear 0-80 m scale everything nearer than ~15 m, most of a driving scene, is one
 colour, while the nets themselves work in log depth (equal colour steps are equal relative
 errors). Errors are drawn on a square-root scale from 0 (black), so that a 0.5 m error near the
