@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from resdepth.infer.parts import preview_path
+from resdepth.utils import viz
 from resdepth.utils.atomic import replacing
 
 log = logging.getLogger("resdepth")
@@ -99,47 +100,63 @@ def load_previews(out: Path, plan: dict, limit: int) -> Optional[dict[str, np.nd
     return {k: np.concatenate(v)[:limit] for k, v in chunks.items()}
 
 
+PREDICTIONS = [("regression", "regression"), ("mean", "ensemble mean"), ("median", "member median"),
+               ("member", "one member")]
+
+
 def samples_png(path: Path, prev: dict[str, np.ndarray]) -> None:
-    """One row per sample: events, truth, regression, ensemble mean, one member, ensemble std."""
+    """Two rows per sample. Top: events, true depth and each estimate's depth on one log scale in
+    metres; bottom: the ensemble std and each estimate's ``|prediction - truth|`` on one
+    square-root scale in metres (spread and error comparable by eye; black is no error, grey no
+    truth). The depth range is the previews' valid truth range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("events", "events (sum over bins)", "RdBu_r"), ("depth", "true depth [m]", "magma_r"),
-              ("regression", "regression [m]", "magma_r"), ("mean", "ensemble mean [m]", "magma_r"),
-              ("member", "one member [m]", "magma_r"), ("std", "ensemble std [m]", "viridis")]
-    panels = [p for p in panels if p[0] in prev]
-    rows = len(prev["keys"])
-    fig, axes = plt.subplots(rows, len(panels), figsize=(2.6 * len(panels), 2.2 * rows),
+    preds = [(k, t) for k, t in PREDICTIONS if k in prev]
+    truth = [d[m > 0] for d, m in zip(prev["depth"], prev["mask"])]
+    vals = np.concatenate(truth) if truth else np.array([])
+    dscale = viz.Scale(max(float(vals.min()), 0.1), float(vals.max())) if vals.size \
+        else viz.Scale(1.0, 80.0)
+    rows, cols = len(prev["keys"]), 2 + len(preds)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.3 * cols + 1.2, 2.1 * 2 * rows),
                              squeeze=False, constrained_layout=True)
     for i in range(rows):
-        valid = prev["mask"][i] > 0
-        depth_vals = prev["depth"][i][valid]
-        dmin, dmax = (float(depth_vals.min()), float(depth_vals.max())) if depth_vals.size else (0.0, 1.0)
-        for j, (key, title, cmap) in enumerate(panels):
-            ax = axes[i, j]
-            img = prev[key][i].astype(np.float32)
-            if key == "events":
-                lim = float(np.abs(img).max()) or 1.0
-                kw = {"vmin": -lim, "vmax": lim}
-            elif key == "std":
-                kw = {"vmin": 0.0, "vmax": float(img.max()) or 1.0}
-            else:
-                if key == "depth":
-                    img = np.where(valid, img, np.nan)
-                kw = {"vmin": dmin, "vmax": dmax}
-            im = ax.imshow(img, cmap=cmap, **kw)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(str(prev["keys"][i]), fontsize=7)
+        top, bottom = list(axes[2 * i]), list(axes[2 * i + 1])
+        sample_rows(prev, i, preds, dscale, top, bottom)
+        top[0].set_ylabel(str(prev["keys"][i]), fontsize=7)
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+
+
+def sample_rows(prev: dict[str, np.ndarray], i: int, preds: list[tuple[str, str]],
+                dscale: "viz.Scale", top: list, bottom: list) -> None:
+    """Draw sample ``i``: depth panels on ``top``, std and error panels on ``bottom``."""
+    valid = prev["mask"][i] > 0
+    depth = prev["depth"][i]
+    errors = {k: np.abs(prev[k][i] - depth) for k, _ in preds}
+    spread = [prev["std"][i]] if "std" in prev else []
+    escale = viz.error_scale([e[valid] for e in errors.values()] + spread)
+    images = [(top[0], viz.colorize_events(prev["events"][i]), "events (sum over bins)"),
+              (top[1], viz.colorize(depth, dscale, viz.DEPTH_CMAP, valid), "true depth")]
+    images += [(top[2 + j], viz.colorize(prev[k][i], dscale, viz.DEPTH_CMAP), t)
+               for j, (k, t) in enumerate(preds)]
+    if spread:
+        images.append((bottom[1], viz.colorize(spread[0], escale, viz.ERROR_CMAP), "ensemble std"))
+    images += [(bottom[2 + j], viz.colorize_error(errors[k], valid, escale), f"|{t} - truth|")
+               for j, (k, t) in enumerate(preds)]
+    for ax in top + bottom:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for ax, img, title in images:
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.set_frame_on(True)
+    viz.add_colorbar(top[1:], dscale, viz.DEPTH_CMAP, "depth [m] (log scale)")
+    viz.add_colorbar(bottom[1:], escale, viz.ERROR_CMAP, "|error|, std [m] (sqrt scale)")
 
 
 def write_report(out: Path, metrics: dict, plan: dict) -> None:

@@ -239,5 +239,6 @@ def keep_previews(ctx: Context, unit: Unit, n: int, batch: list, pred: dict,
         previews.setdefault("regression", []).append(pred["regression"][i, 0].numpy())
         if "members" in pred:
             previews.setdefault("mean", []).append(pred["mean"][i, 0].numpy())
+            previews.setdefault("median", []).append(pred["median"][i, 0].numpy())
             previews.setdefault("member", []).append(pred["members"][i, 0, 0].numpy())
             previews.setdefault("std", []).append(pred["std"][i, 0].numpy())

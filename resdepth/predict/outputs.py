@@ -20,7 +20,8 @@ import numpy as np
 
 from resdepth.infer.parts import save_npy_atomic
 from resdepth.utils.atomic import replacing
-from resdepth.utils.viz import colorize_depth, colorize_events
+from resdepth.utils.viz import (STD_CMAP, Scale, colorize, colorize_events, depth_panel, enlarge,
+                                 with_colorbar)
 
 log = logging.getLogger("resdepth")
 
@@ -72,13 +73,14 @@ def write_array(path: Path, array: np.ndarray, fmt: str) -> None:
 
 def preview_image(events: np.ndarray, depth: np.ndarray, std: Optional[np.ndarray],
                   depth_range: tuple[float, float]) -> np.ndarray:
-    """Events | depth | std (when given) side by side, uint8 RGB."""
+    """Events | depth (log scale) | std (when given) side by side with labelled colour bars, uint8
+    RGB; fixed scales, so every window of a recording has the same size and colours."""
     lo, hi = depth_range
-    panels = [colorize_events(events),
-              colorize_depth(depth, vmin=lo, vmax=hi)]
+    panels = [enlarge(colorize_events(events)), depth_panel(depth, Scale(lo, hi))]
     if std is not None:
-        panels.append(colorize_depth(std, mask=np.ones_like(std, bool), vmin=0.0,
-                                     vmax=(hi - lo) / 10.0, cmap="viridis", log_scale=False))
+        scale = Scale(0.0, (hi - lo) / 10.0, "sqrt")
+        panels.append(with_colorbar(colorize(std, scale, STD_CMAP), scale, STD_CMAP,
+                                    "ensemble std [m] (sqrt scale)"))
     return np.concatenate(panels, axis=1)
 
 

@@ -17,7 +17,7 @@ from resdepth.train.config import Config
 from resdepth.train.engine import autocast_ctx
 from resdepth.train.metrics import MetricsLogger
 from resdepth.train.stage import predict_panels
-from resdepth.utils.viz import colorize_depth, colorize_events
+from resdepth.utils.viz import Scale, validation_panels
 
 log = logging.getLogger("resdepth")
 LossCore = Callable[[torch.nn.Module, dict, torch.Generator], torch.Tensor]
@@ -66,16 +66,13 @@ class Validator:
         return val
 
     def panels(self, net: torch.nn.Module, batch: dict) -> dict[str, np.ndarray]:
-        """Events, true and predicted depth and their difference for the batch's first image."""
+        """Events, true and predicted depth, their difference and |error| for the batch's first image."""
         pred = predict_panels(self.cfg, net, self.regression_net, batch, self.norm)[0, 0].cpu().numpy()
         true_m = batch["depth_m"][0, 0].cpu().numpy()
         mask = batch["mask"][0, 0].cpu().numpy() > 0
         lo = float(true_m[mask].min()) if mask.any() else 1.0
-        hi = float(self.cfg.data.max_depth)
-        return {"events": colorize_events(batch["events"][0].cpu().numpy()),
-                "depth_true": colorize_depth(true_m, mask, lo, hi),
-                "depth_pred": colorize_depth(pred, None, lo, hi),
-                "residual": colorize_events(np.where(mask, true_m - pred, 0.0))}
+        return validation_panels(batch["events"][0].cpu().numpy(), true_m, mask, pred,
+                                 Scale(lo, float(self.cfg.data.max_depth)))
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ def test_run_layout_and_tensorboard(regression_run):
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/images_per_s",
                 "train/data_wait_frac", "val/loss"):
         assert tag in scalars, (tag, scalars)
-    assert {"images/events", "images/depth_true", "images/depth_pred", "images/residual"} <= set(images)
+    assert {"images/events", "images/depth_true", "images/depth_pred", "images/residual",
+            "images/error"} <= set(images)
     assert [e.step for e in acc.Scalars("train/loss")] == [5, 10, 15, 20]
     assert [e.step for e in acc.Scalars("val/loss")] == [10, 20]
     meta = json.loads((run / "export/model.json").read_text())
