@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import wandb
 from wandb.proto import wandb_internal_pb2 as pb
 
@@ -119,12 +120,17 @@ def test_offline_run_logs_scalars_images_and_config(wandb_run):
                for r in history)
     for r in history:
         panels = {k.split("/")[1] for k in r if k.startswith("images/")}
-        assert panels == ({"events", "depth_true", "depth_pred", "residual"} if r["_step"] % 10 == 0
+        assert panels == ({"events", "depth_true", "depth_pred", "residual", "error"}
+                          if r["_step"] % 10 == 0
                           else set()), r["_step"]
         assert ("val/loss" in r) == (r["_step"] % 10 == 0)
     image = history[1]["images/depth_pred/path"]
     assert (log.parent / "files" / image).stat().st_size > 0
-    assert history[1]["images/depth_pred/height"] == 32 and history[1]["images/depth_pred/width"] == 32
+    tb = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    tb.Reload()
+    panel = tb.Images("images/depth_pred")[0]  # the same picture TensorBoard holds
+    assert (history[1]["images/depth_pred/height"], history[1]["images/depth_pred/width"]) == \
+        (panel.height, panel.width)
 
 
 def test_wandb_itself_repeats_a_step_logged_again_offline(tmp_path):
