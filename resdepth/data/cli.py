@@ -28,6 +28,7 @@ from resdepth.data.sources import FORMATS, SynthSource, TarSource, Window, detec
 from resdepth.data.synthetic import SynthParams
 from resdepth.data.verify import recompute_stats, verify_split
 from resdepth.data.writer import write_split
+from resdepth.utils.cli import user_errors
 from resdepth.utils.errors import UserError
 from resdepth.utils.logging import setup_logging
 from resdepth.utils.viz import colorize_depth, colorize_events, save_grid
@@ -333,7 +334,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.fn(args)
-    except (UserError, FileNotFoundError) as e:
+    except user_errors() as e:
         err.print(f"[red]resdepth-shards {args.command}: error:[/] {e}", soft_wrap=True)
         code = 1
     except KeyboardInterrupt:
