@@ -24,7 +24,8 @@ from rich.table import Table
 
 from resdepth.data import format as fmt
 from resdepth.data.format import DataError, make_sample, read_index
-from resdepth.data.sources import FORMATS, SynthSource, TarSource, Window, detect_format, pack_source
+from resdepth.data.sources import (FORMATS, SynthSource, TarSource, TemporalContext, Window,
+                                   detect_format, pack_source)
 from resdepth.data.synthetic import SynthParams
 from resdepth.data.verify import recompute_stats, verify_split
 from resdepth.data.writer import write_split
@@ -69,7 +70,13 @@ def index_table(title: str, index: dict) -> Table:
 # ---- subcommands --------------------------------------------------------------------------
 def cmd_synth(a: argparse.Namespace) -> int:
 
-    params = SynthParams(height=a.height, width=a.width, bins=a.bins)
+    if (a.context_ms is None) != (a.context_bins is None):
+        raise UserError("--context-ms and --context-bins go together")
+    context = TemporalContext(a.context_ms, a.context_bins) if a.context_ms is not None else None
+    params = SynthParams(height=a.height, width=a.width, bins=a.bins,
+                         context_ms=context.ms if context else 0.0,
+                         context_bins=context.bins if context else 0,
+                         sequence_length=a.sequence_length)
     for split, n in (("train", a.train), ("val", a.val), ("test", a.test)):
         if n <= 0:
             continue
@@ -108,8 +115,11 @@ def _pack_source(a: argparse.Namespace) -> Any:
         raise UserError(f"--sequence {', '.join(twice)} given more than once; name each sequence "
                          "once")
     bins = a.bins if fmt_name in ("npz", "dense") else (a.bins or 5)
+    if (a.context_ms is None) != (a.context_bins is None):
+        raise UserError("--context-ms and --context-bins go together")
+    context = TemporalContext(a.context_ms, a.context_bins) if a.context_ms is not None else None
     return pack_source(fmt_name, str(src), a.sequence or [], bins, window, a.splat, a.camera,
-                       rectify, a.height, a.width, _frame_range(a.frames))
+                       rectify, a.height, a.width, _frame_range(a.frames), context)
 
 
 def _frame_range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -131,8 +141,9 @@ def _per_shard_for(source: Any, a: argparse.Namespace) -> int:
     if a.max_shard_mb is None:
         return a.per_shard
 
-    key, ev, depth, mask, meta = next(iter(source.samples(0, 1)))
-    size = sum(len(v) + 1024 for k, v in make_sample(key, ev, depth, mask, meta).items()
+    key, ev, depth, mask, meta, *context = next(iter(source.samples(0, 1)))
+    sample = make_sample(key, ev, depth, mask, meta, context[0] if context else None)
+    size = sum(len(v) + 1024 for k, v in sample.items()
                if k != "__key__")
     return max(1, int(a.max_shard_mb * 1e6 // size))
 
@@ -250,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
 
+    def context_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--context-ms", type=float, default=None, metavar="MS",
+                        help="temporal context: also store the events of the MS milliseconds "
+                             "before each window (context.npy; off by default)")
+        sp.add_argument("--context-bins", type=int, default=None, metavar="N",
+                        help="time bins of the context's voxel grid (with --context-ms)")
+
     def writer_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--workers", type=int, default=1, help="processes writing shards")
         sp.add_argument("--resume", action="store_true",
@@ -264,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bins", type=int, default=5, help="time bins of the voxel grid")
     s.add_argument("--per-shard", type=int, default=64, help="samples per shard")
     s.add_argument("--seed", type=int, default=0, help="base seed (splits use disjoint streams)")
+    s.add_argument("--sequence-length", type=int, default=0, metavar="L",
+                   help="render sequences of L consecutive windows along paths whose speed changes "
+                        "(slow-downs and stops) instead of independent scenes (default 0: off)")
+    context_opts(s)
     writer_opts(s)
     s.set_defaults(fn=cmd_synth)
 
@@ -300,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the end; e.g. --frames=:-1000 and --frames=-1000: hold out a sequence's end)")
     s.add_argument("--no-rectify", action="store_true",
                    help="use raw sensor pixels (no rectification maps)")
+    context_opts(s)
     writer_opts(s)
     s.set_defaults(fn=cmd_pack)
 

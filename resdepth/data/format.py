@@ -19,6 +19,13 @@ member             type                      meaning
                                              (seconds), from recordings ``frame`` and
                                              ``num_events``, optional ``intrinsics``
                                              ``{"fx", "fy", "cx", "cy"}``
+``context.npy``    float16 ``[N, H, W]``     only in splits packed with ``--context-ms MS
+                                             --context-bins N``: the voxel grid of the events in
+                                             ``[t_start - MS, t_start)`` (what the camera saw
+                                             before the window); ``meta.json`` then holds
+                                             ``context`` ``{"t_start", "num_events"}`` and, for
+                                             a window near a recording's start,
+                                             ``"missing_ms"`` (time before the first event: zeros)
 =================  ========================  ===================================================
 
 ``index.json`` (written last, atomically; a split without it is incomplete)::
@@ -32,6 +39,7 @@ member             type                      meaning
      "bins": B, "height": H, "width": W,
      "depth_stats": {"min", "max", "mean", "p2", "p98", "valid_fraction"},   # valid pixels only
      "sequences": [{"name", "samples", ...}, ...],   # the packed recordings ([] for synthetic)
+     "context": {"ms": MS, "bins": N},   # only with context; shapes then has "context.npy"
      "params": {...}}                 # the command and parameters that created the split
 
 Percentiles come from a log-spaced histogram (0.1 % relative resolution); min, max and mean are
@@ -64,6 +72,8 @@ SAMPLE_KEYS = ARRAY_KEYS + ("meta.json",)
 DTYPES = {"events.npy": "float16", "depth.npy": "float32", "mask.npy": "uint8"}
 F16_MAX = float(np.finfo(np.float16).max)
 INDEX_REQUIRED = ("version", "shards", "num_samples", "shapes", "dtypes", "bins")
+CONTEXT_KEY = "context.npy"
+CONTEXT_DTYPE = "float16"
 
 
 class DataError(UserError):
@@ -75,10 +85,26 @@ def shard_name(i: int) -> str:
     return f"shard-{i:06d}.tar"
 
 
-def shapes_for(bins: int, height: int, width: int) -> dict[str, list[int]]:
-    """The per-key array shapes of a split."""
-    return {"events.npy": [bins, height, width], "depth.npy": [1, height, width],
-            "mask.npy": [1, height, width]}
+def shapes_for(bins: int, height: int, width: int, context_bins: int = 0) -> dict[str, list[int]]:
+    """The per-key array shapes of a split (``context.npy`` only when ``context_bins``)."""
+    shapes = {"events.npy": [bins, height, width], "depth.npy": [1, height, width],
+              "mask.npy": [1, height, width]}
+    if context_bins:
+        shapes[CONTEXT_KEY] = [context_bins, height, width]
+    return shapes
+
+
+def context_of(index: Optional[dict]) -> Optional[dict]:
+    """A split's ``{"ms", "bins"}`` context settings, or None for a split without context."""
+    ctx = (index or {}).get("context")
+    return {"ms": float(ctx["ms"]), "bins": int(ctx["bins"])} if ctx else None
+
+
+def array_keys(shapes: Optional[dict], sample: dict) -> tuple[str, ...]:
+    """The array members a sample is decoded from: ``context.npy`` when the split's shapes name
+    it (then it is required) or, without shapes, when the sample holds it."""
+    has = CONTEXT_KEY in shapes if shapes is not None else CONTEXT_KEY in sample
+    return ARRAY_KEYS + ((CONTEXT_KEY,) if has else ())
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -113,8 +139,9 @@ def npy_load(b: bytes) -> np.ndarray:
 
 
 def make_sample(key: str, events: np.ndarray, depth: np.ndarray, mask: Optional[np.ndarray],
-                meta: dict) -> dict[str, Any]:
-    """A sample dict of encoded bytes ready for ``webdataset.TarWriter``; depth NaN/inf -> invalid."""
+                meta: dict, context: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """A sample dict of encoded bytes ready for ``webdataset.TarWriter``; depth NaN/inf -> invalid.
+    ``context``: the voxel grid of the events before the window (``context.npy``)."""
     if "." in key:
         raise DataError(f"sample key {key!r} contains a dot (webdataset splits keys at dots)")
     depth = np.asarray(depth, dtype=np.float32).reshape(1, *np.shape(depth)[-2:])
@@ -122,12 +149,15 @@ def make_sample(key: str, events: np.ndarray, depth: np.ndarray, mask: Optional[
     valid = finite if mask is None else finite & (np.asarray(mask).reshape(depth.shape) > 0)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     ev = check_events(key, events, meta)
-    return {"__key__": key, "events.npy": npy_bytes(ev), "depth.npy": npy_bytes(depth),
-            "mask.npy": npy_bytes(valid.astype(np.uint8)),
-            "meta.json": json.dumps(meta, sort_keys=True).encode()}
+    sample = {"__key__": key, "events.npy": npy_bytes(ev), "depth.npy": npy_bytes(depth),
+              "mask.npy": npy_bytes(valid.astype(np.uint8)),
+              "meta.json": json.dumps(meta, sort_keys=True).encode()}
+    if context is not None:
+        sample[CONTEXT_KEY] = npy_bytes(check_events(key, context, meta, "context"))
+    return sample
 
 
-def check_events(key: str, events: np.ndarray, meta: dict) -> np.ndarray:
+def check_events(key: str, events: np.ndarray, meta: dict, what: str = "events") -> np.ndarray:
     """The voxel grid as float16; refuses NaN or infinite values and values float16 cannot hold
     (they would be stored as infinity), naming the sample and its source file."""
     ev = np.asarray(events)
@@ -135,10 +165,10 @@ def check_events(key: str, events: np.ndarray, meta: dict) -> np.ndarray:
     label = f"sample {key!r}" + (f" ({where})" if where else "")
     bad = ~np.isfinite(ev) if ev.dtype.kind == "f" else np.zeros(ev.shape, bool)
     if bad.any():
-        raise DataError(f"{label}: events hold {int(bad.sum())} NaN or infinite values")
+        raise DataError(f"{label}: {what} hold {int(bad.sum())} NaN or infinite values")
     peak = float(np.abs(ev).max()) if ev.size else 0.0
     if peak > F16_MAX:
-        raise DataError(f"{label}: events reach {peak:g}, beyond float16's {F16_MAX:g}; scale them "
+        raise DataError(f"{label}: {what} reach {peak:g}, beyond float16's {F16_MAX:g}; scale them "
                         "down (the voxel grid is stored as float16)")
     return ev.astype(np.float16)
 
@@ -158,16 +188,20 @@ def decode_sample(sample: dict[str, Any], shapes: Optional[dict] = None,
                   check_finite: bool = True) -> dict[str, Any]:
     """Decode a raw tar sample into arrays; raises ``DataError('<key>.npy: reason')``."""
     out: dict[str, Any] = {"key": sample.get("__key__", "?")}
-    for name in SAMPLE_KEYS:
+    keys = array_keys(shapes, sample)
+    for name in keys + ("meta.json",):
         if name not in sample:
-            raise DataError(f"{name} missing")
-    for name in ARRAY_KEYS:
+            raise DataError(f"{name} missing" + (" (temporal context is expected here: every "
+                                                 "sample of a split packed with --context-ms "
+                                                 "carries it)" if name == CONTEXT_KEY else ""))
+    for name in keys:
         try:
             a = npy_load(sample[name])
         except Exception as e:  # a corrupt payload: report which member and why
             raise DataError(f"{name} does not decode: {e}") from e
-        if str(a.dtype) != DTYPES[name]:
-            raise DataError(f"{name} has dtype {a.dtype}, expected {DTYPES[name]}")
+        want = DTYPES.get(name, CONTEXT_DTYPE)
+        if str(a.dtype) != want:
+            raise DataError(f"{name} has dtype {a.dtype}, expected {want}")
         if shapes is not None and list(a.shape) != list(shapes[name]):
             raise DataError(f"{name} has shape {list(a.shape)}, expected {list(shapes[name])}")
         if check_finite and a.dtype.kind == "f" and not all_finite(a):
@@ -325,7 +359,27 @@ def index_problem(index: Any) -> Optional[str]:
         if not (isinstance(shape, list) and len(shape) == rank
                 and all(_is_int(v) and v > 0 for v in shape)):
             return f"shapes[{key!r}] is {shape!r}, not a list of {rank} positive integers"
+    return context_problem(index)
+
+
+def context_problem(index: dict) -> Optional[str]:
+    """What makes ``index.json``'s ``context`` disagree with its ``shapes``, or None."""
+    ctx, shape = index.get("context"), index["shapes"].get(CONTEXT_KEY)
+    if ctx is None:
+        return None if shape is None else f"shapes has {CONTEXT_KEY} but there is no context"
+    if not (isinstance(ctx, dict) and _is_int(ctx.get("bins")) and ctx["bins"] > 0
+            and isinstance(ctx.get("ms"), (int, float)) and ctx["ms"] > 0):
+        return f"context is {ctx!r}, not {{\"ms\": > 0, \"bins\": a positive integer}}"
+    want = [ctx["bins"], *index["shapes"]["events.npy"][1:]]
+    if shape != want:
+        return f"shapes[{CONTEXT_KEY!r}] is {shape!r}, the context says {want}"
     return None
+
+
+def sample_shapes(d: dict) -> dict[str, list[int]]:
+    """The member shapes of a decoded sample (``context.npy`` when it has one)."""
+    return {k: list(d[k.split(".")[0]].shape) for k in ARRAY_KEYS + (CONTEXT_KEY,)
+            if k.split(".")[0] in d}
 
 
 def shard_paths(split_dir: str | os.PathLike, index: Optional[dict] = None) -> list[str]:

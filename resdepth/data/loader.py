@@ -31,6 +31,7 @@ sample, not as the worker's traceback.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tarfile
@@ -47,7 +48,7 @@ from resdepth import dist
 from resdepth.data import format as fmt
 from resdepth.data.config import DataConfig
 from resdepth.data.norm import DepthNorm
-from resdepth.data.netinput import net_input
+from resdepth.data.netinput import net_input, stored_input
 from resdepth.data.voxel import VOXEL_NORMS
 from resdepth.utils.errors import UserError
 
@@ -90,6 +91,18 @@ def peek_shape(urls: list[str]) -> tuple[int, int, int]:
     for raw in fmt.iter_shard(urls[0]):
         b, h, w = fmt.npy_load(raw["events.npy"]).shape
         return int(b), int(h), int(w)
+    raise fmt.DataError(f"{fmt.shard_label(urls[0])}: empty shard")
+
+
+def peek_context(urls: list[str]) -> Optional[dict]:
+    """The temporal context (``{"ms", "bins"}``) of the first sample of the first shard, read from
+    its ``context.npy`` and ``meta.json`` (streaming bare URLs: no ``index.json`` says it)."""
+    for raw in fmt.iter_shard(urls[0]):
+        if fmt.CONTEXT_KEY not in raw:
+            return None
+        meta = json.loads(raw["meta.json"])
+        ms = (float(meta["t_start"]) - float(meta["context"]["t_start"])) * 1e3
+        return {"ms": round(ms, 6), "bins": int(fmt.npy_load(raw[fmt.CONTEXT_KEY]).shape[0])}
     raise fmt.DataError(f"{fmt.shard_label(urls[0])}: empty shard")
 
 
@@ -251,7 +264,7 @@ class _Plan:
             return None
         self.skips_in_row = 0
         if self.shapes is None:  # later samples must match the first
-            self.shapes = {k: list(d[k.split('.')[0]].shape) for k in fmt.ARRAY_KEYS}
+            self.shapes = fmt.sample_shapes(d)
         return d
 
     def _complete(self, url: str, raw: dict) -> bool:
@@ -263,9 +276,10 @@ class _Plan:
         return not missing
 
     def _collate(self, samples: list[dict], batch_no: int) -> dict[str, Any]:
-        ev = np.stack([s["events"] for s in samples])
         if self.voxel_norm != "none":  # per whole frame, before any crop; float32 from here on
-            ev = np.stack([net_input(e, self.voxel_norm) for e in ev])
+            ev = np.stack([net_input(s["events"], self.voxel_norm, s.get("context")) for s in samples])
+        else:  # the window's grid and its context (if any) as stored
+            ev = np.stack([stored_input(s["events"], s.get("context")) for s in samples])
         depth = np.stack([s["depth"] for s in samples]).astype(np.float32, copy=False)
         mask = np.stack([s["mask"] for s in samples])
         origin = np.zeros((len(samples), 2), dtype=np.int64)

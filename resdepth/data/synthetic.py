@@ -46,9 +46,29 @@ class SynthParams:
     max_range: float = 80.0     # depth beyond this is invalid (sensor range)
     min_objects: int = 3
     max_objects: int = 9
+    # temporal context (off by default): the events of the context_ms before the window, voxelised
+    # to context_bins bins and rendered at the window's frame rate
+    context_ms: float = 0.0
+    context_bins: int = 0
+    # trajectories (off by default): consecutive windows of one scene along a path whose speed
+    # changes, with slow-downs and stops; sequence_length windows per sequence
+    sequence_length: int = 0
+    knot_s: float = 0.15        # the speed profile is linear between knots this far apart
+    stop_prob: float = 0.3      # chance that a knot is a standstill
+    slow: tuple = (0.2, 1.0)    # speed of a moving knot, as a fraction of the cruise speed
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if not self.context_ms:  # a split without the new options records what it did before
+            del d["context_ms"], d["context_bins"]
+        if not self.sequence_length:
+            for k in ("sequence_length", "knot_s", "stop_prob", "slow"):
+                del d[k]
+        return d
+
+    def context(self) -> bool:
+        """Whether samples carry ``context`` (the events before the window)."""
+        return self.context_ms > 0 and self.context_bins > 0
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -195,26 +215,111 @@ def simulate_events(logs: np.ndarray, times: np.ndarray, rng: np.random.Generato
 
 
 def synth_sample(seed: int, split: str, index: int, p: SynthParams = SynthParams()) -> dict[str, Any]:
-    """One sample: ``events`` float32 [B,H,W], ``depth`` float32 [1,H,W] (0 invalid), ``mask``, ``meta``."""
+    """One sample: ``events`` float32 [B,H,W], ``depth`` float32 [1,H,W] (0 invalid), ``mask``,
+    ``meta``, and with ``p.context()`` ``context`` float32 [N,H,W] (the events before the window)."""
+    raw = synth_events(seed, split, index, p)
+    pix, t, pol = raw["pix"], raw["t"], raw["pol"]
+    t0, t1 = raw["t_start"], raw["t_end"]
+    meta = {"source": "synthetic", "index": int(index), **raw["meta"],
+            "intrinsics": raw["intrinsics"]}
+    out = {"depth": raw["depth"], "mask": raw["mask"], "meta": meta}
+    if not p.context():
+        out["events"] = events_to_voxel(pix % p.width, pix // p.width, t, pol, p.bins, p.height,
+                                        p.width, t0=t0, t1=t1)
+        meta["num_events"] = int(pix.size)
+        return out
+    now, before = t >= t0, t < t0  # an event at t0 belongs to the window, as in a recording
+    out["events"] = events_to_voxel(pix[now] % p.width, pix[now] // p.width, t[now], pol[now],
+                                    p.bins, p.height, p.width, t0=t0, t1=t1)
+    c0 = t0 - p.context_ms * 1e-3
+    out["context"] = events_to_voxel(pix[before] % p.width, pix[before] // p.width, t[before],
+                                     pol[before], p.context_bins, p.height, p.width, t0=c0, t1=t0)
+    meta["num_events"] = int(now.sum())
+    meta["context"] = {"t_start": c0, "num_events": int(before.sum())}
+    return out
+
+
+def synth_events(seed: int, split: str, index: int, p: SynthParams = SynthParams()) -> dict[str, Any]:
+    """The raw simulated events of one sample (``pix`` = y * width + x, ``t`` seconds, ``pol``)
+    over its window and, with ``p.context()``, the context before it; plus depth, mask and meta.
+    ``synth_sample`` voxelises these; tests voxelise them independently."""
+    if p.sequence_length:
+        return _trajectory_events(seed, split, index, p)
     rng = sample_rng(seed, split, index)
     scene = make_scene(rng, p)
     v, w = camera_path(rng, p)
+    ctx = p.context_ms * 1e-3 if p.context() else 0.0
+    n = p.substeps + (int(round(ctx / p.window_s * p.substeps)) if ctx else 0)
+    taus = np.linspace(-p.window_s - ctx, 0.0, n + 1)
+    out = _render_events(scene, v[None, :] * taus[:, None], _rotations(w, taus), taus, rng, p)
+    out["meta"] = {"sequence": f"{split}-seed{seed}", "t_start": -p.window_s if ctx else float(taus[0]),
+                   "t_end": 0.0, "velocity": v.round(4).tolist(), "angular_rate": w.round(5).tolist()}
+    out["t_start"], out["t_end"] = out["meta"]["t_start"], 0.0
+    return out
+
+
+def _render_events(scene: dict, origins: np.ndarray, R: np.ndarray, taus: np.ndarray,
+                   rng: np.random.Generator, p: SynthParams) -> dict[str, Any]:
+    """Render the frames at ``taus`` from ``origins`` with rotations ``R``, the depth of the last
+    one, and simulate the events between them."""
     f = p.focal * p.width
     cx, cy = (p.width - 1) / 2, (p.height - 1) / 2
     u, vv = np.meshgrid(np.arange(p.width), np.arange(p.height))
     d_cam = np.stack([(u - cx) / f, (vv - cy) / f, np.ones_like(u, dtype=float)], -1).reshape(-1, 3)
-    taus = np.linspace(-p.window_s, 0.0, p.substeps + 1)
-    R = _rotations(w, taus)
     dirs = np.einsum("fij,pj->fpi", R, d_cam)
-    s, logs = render(scene, v[None, :] * taus[:, None], dirs, p)
-    depth = s[-1].reshape(1, p.height, p.width)  # at tau = 0 the camera frame is the world frame
+    s, logs = render(scene, origins, dirs, p)
+    depth = s[-1].reshape(1, p.height, p.width)  # a ray's parameter is its depth (d_cam z = 1)
     valid = np.isfinite(depth) & (depth <= p.max_range)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     pix, t, pol = simulate_events(logs, taus, rng, p)
-    events = events_to_voxel(pix % p.width, pix // p.width, t, pol, p.bins, p.height, p.width,
-                             t0=float(taus[0]), t1=0.0)
-    meta = {"source": "synthetic", "sequence": f"{split}-seed{seed}", "index": int(index),
-            "t_start": float(taus[0]), "t_end": 0.0, "num_events": int(pix.size),
-            "intrinsics": {"fx": f, "fy": f, "cx": cx, "cy": cy},
-            "velocity": v.round(4).tolist(), "angular_rate": w.round(5).tolist()}
-    return {"events": events, "depth": depth, "mask": valid.astype(np.uint8), "meta": meta}
+    return {"pix": pix, "t": t, "pol": pol, "depth": depth, "mask": valid.astype(np.uint8),
+            "intrinsics": {"fx": f, "fy": f, "cx": cx, "cy": cy}}
+
+
+def speed_profile(rng: np.random.Generator, p: SynthParams, duration: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Knot times (seconds before the sequence's end, ascending to 0) and speed fractions:
+    linear between knots, a standstill at a knot with ``p.stop_prob``, so runs of stopped knots
+    are stops and low knots slow-downs."""
+    n = int(np.ceil(duration / p.knot_s)) + 2
+    times = -p.knot_s * np.arange(n)[::-1]
+    speed = rng.uniform(*p.slow, n)
+    speed[rng.random(n) < p.stop_prob] = 0.0
+    return times, speed
+
+
+def travelled(times: np.ndarray, speed: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Cruise-equivalent seconds travelled from the sequence's end to each ``tau`` (<= 0): the
+    integral of the piecewise-linear speed profile (exact: trapezoids between knots)."""
+    cum = np.concatenate([[0.0], np.cumsum(np.diff(times) * (speed[1:] + speed[:-1]) / 2)])
+    cum -= cum[-1]  # 0 at the sequence's end
+    k = np.clip(np.searchsorted(times, taus, side="right") - 1, 0, len(times) - 2)
+    dt = taus - times[k]
+    slope = (speed[k + 1] - speed[k]) / (times[k + 1] - times[k])
+    return cum[k] + speed[k] * dt + slope * dt * dt / 2
+
+
+def _trajectory_events(seed: int, split: str, index: int, p: SynthParams) -> dict[str, Any]:
+    """Window ``frame`` of sequence ``index // p.sequence_length``: the camera moves through one
+    scene (placed around its position at the sequence's end) with the speed profile of
+    ``speed_profile``; the rotation follows the distance travelled, so a stopped camera is still."""
+    seq, frame = divmod(int(index), p.sequence_length)
+    srng = np.random.default_rng([int(seed), SPLIT_IDS[split], seq, 1])  # one scene per sequence
+    scene = make_scene(srng, p)
+    v, w = camera_path(srng, p)
+    ctx = p.context_ms * 1e-3 if p.context() else 0.0
+    t1 = -(p.sequence_length - 1 - frame) * p.window_s
+    knots = speed_profile(srng, p, p.sequence_length * p.window_s + ctx)
+    n = p.substeps + (int(round(ctx / p.window_s * p.substeps)) if ctx else 0)
+    taus = np.linspace(t1 - p.window_s - ctx, t1, n + 1)
+    dist = travelled(*knots, taus)
+    out = _render_events(scene, v[None, :] * dist[:, None], _rotations(w, dist), taus,
+                         sample_rng(seed, split, index), p)
+    base = p.sequence_length * p.window_s  # times from the sequence's start
+    out["t"] = out["t"] + base
+    out["t_start"], out["t_end"] = t1 - p.window_s + base, t1 + base
+    speed = float(np.interp(t1, *knots) * np.linalg.norm(v))
+    out["meta"] = {"sequence": f"{split}-seed{seed}-seq{seq:05d}", "frame": frame,
+                   "t_start": out["t_start"], "t_end": out["t_end"], "speed": round(speed, 4),
+                   "velocity": v.round(4).tolist(), "angular_rate": w.round(5).tolist()}
+    return out

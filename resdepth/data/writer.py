@@ -38,14 +38,15 @@ def write_shard(out_dir: Path, i: int, source: Any, start: int, stop: int) -> di
         with open(tmp, "wb") as f:
             writer = wds.TarWriter(f, encoder=False, mtime=0.0)
             try:
-                for key, events, depth, mask, meta in source.samples(start, stop):
+                for key, events, depth, mask, meta, *context in source.samples(start, stop):
                     check_frame_size(key, events, depth, meta)
                     where = str(meta.get("file") or meta.get("sequence") or "")
                     if key in keys:
                         raise fmt.DataError(duplicate_key_message(key, f"{name} ({keys[key]})",
                                                                   f"{name} ({where})"))
                     keys[key] = where
-                    shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta)
+                    shapes = _add(writer, stats, shapes, name, key, events, depth, mask, meta,
+                                  context[0] if context else None)
                     n += 1
             finally:  # also on an error: a tar stream left open writes to a closed file at exit
                 writer.close()
@@ -79,12 +80,14 @@ def check_frame_size(key: str, events: Any, depth: Any, meta: dict) -> None:
 
 
 def _add(writer: Any, stats: fmt.DepthStats, shapes: Optional[dict], name: str, key: str,
-         events: Any, depth: Any, mask: Any, meta: dict) -> dict:
+         events: Any, depth: Any, mask: Any, meta: dict, context: Any = None) -> dict:
     """Write one sample; returns the split's shapes (those of the first sample)."""
-    sample = fmt.make_sample(key, events, depth, mask, meta)
+    sample = fmt.make_sample(key, events, depth, mask, meta, context)
     arrays = {k: fmt.npy_load(sample[k]) for k in ("depth.npy", "mask.npy")}
     got = {"events.npy": list(events.shape), "depth.npy": list(arrays["depth.npy"].shape),
            "mask.npy": list(arrays["mask.npy"].shape)}
+    if context is not None:
+        got[fmt.CONTEXT_KEY] = list(context.shape)
     if shapes is not None and got != shapes:
         raise fmt.DataError(f"{name}: sample {key!r} has shapes {got}, earlier samples {shapes}")
     stats.add(arrays["depth.npy"], arrays["mask.npy"])
@@ -106,7 +109,7 @@ def _complete(out_dir: Path, i: int, expected: int) -> bool:
             d = fmt.decode_sample(raw)
             keys.append(d["key"])
             stats.add(d["depth"], d["mask"])
-            shapes = {k: list(d[k.split(".")[0]].shape) for k in fmt.ARRAY_KEYS}
+            shapes = fmt.sample_shapes(d)
             n += 1
     except fmt.DataError as e:
         log.warning("%s: rewriting (%s)", name, e)
@@ -245,8 +248,12 @@ def assemble_index(out_dir: Path, nshards: int, params: dict) -> dict:
 def make_index(records: list[dict], shapes: dict, stats: fmt.DepthStats, params: dict) -> dict:
     """An ``index.json`` dict (see ``resdepth.data.format``)."""
     b, h, w = shapes["events.npy"]
-    return {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": records,
-            "num_samples": sum(r["nsamples"] for r in records), "shapes": shapes,
-            "dtypes": dict(fmt.DTYPES), "bins": b, "height": h, "width": w,
-            "depth_stats": stats.to_dict(), "sequences": params.get("sequences", []),
-            "params": params}
+    index = {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "shards": records,
+             "num_samples": sum(r["nsamples"] for r in records), "shapes": shapes,
+             "dtypes": dict(fmt.DTYPES), "bins": b, "height": h, "width": w,
+             "depth_stats": stats.to_dict(), "sequences": params.get("sequences", []),
+             "params": params}
+    if fmt.CONTEXT_KEY in shapes:
+        index["dtypes"][fmt.CONTEXT_KEY] = fmt.CONTEXT_DTYPE
+        index["context"] = {"ms": float(params["context_ms"]), "bins": shapes[fmt.CONTEXT_KEY][0]}
+    return index

@@ -8,7 +8,7 @@ from typing import Any
 
 from resdepth.eval.metrics import add_sums, finalize
 from resdepth.eval.report import write_report
-from resdepth.eval.scoring import PREDICTORS, SEQ_PREFIX
+from resdepth.eval.scoring import GROUP_PREFIX, LOW_ACTIVITY_EPP, PREDICTORS, SEQ_PREFIX
 from resdepth.infer.parts import missing_units, part_path, read_part, read_plan
 from resdepth.utils.atomic import write_json_atomic
 from resdepth.utils.errors import UserError
@@ -71,17 +71,24 @@ def merge(out_dir) -> dict:
     for name in PREDICTORS:
         if name in sums:
             metrics[name] = finalize(sums[name])
-    seqs = sorted({k[len(SEQ_PREFIX):].rsplit("/", 1)[0] for k in sums if k.startswith(SEQ_PREFIX)})
-    if seqs:
-        metrics["sequences"] = {q: {name: finalize(sums[f"{SEQ_PREFIX}{q}/{name}"])
-                                    for name in PREDICTORS if f"{SEQ_PREFIX}{q}/{name}" in sums}
-                                for q in seqs}
+    for key, prefix in (("sequences", SEQ_PREFIX), ("groups", GROUP_PREFIX)):
+        names = sorted({k[len(prefix):].rsplit("/", 1)[0] for k in sums if k.startswith(prefix)})
+        if names:
+            metrics[key] = {q: {name: finalize(sums[f"{prefix}{q}/{name}"])
+                                for name in PREDICTORS if f"{prefix}{q}/{name}" in sums}
+                            for q in names}
+    if "groups" in metrics:
+        metrics["groups_definition"] = GROUPS_DEFINITION
     metrics["settings"] = plan["settings"]
     write_json_atomic(out / "metrics.json", metrics, default=str)
     write_report(out, metrics, plan)
     log.info("merged %d parts (%d samples) into %s", len(plan["units"]), total["num_samples"],
              out / "metrics.json")
     return metrics
+
+
+GROUPS_DEFINITION = (f"low_activity: windows with fewer than {LOW_ACTIVITY_EPP:g} events per valid "
+                     "depth pixel (meta.json num_events / valid pixels); active: the others")
 
 
 def summary_line(metrics: dict, out: Path) -> str:

@@ -72,8 +72,13 @@ def markdown(metrics: dict) -> str:
              + (" (the default)" if protocol == "pooled" else "") + ".", ""]
     if settings:
         lines += [", ".join(f"{k} {settings[k]}" for k in settings), ""]
-    lines += _table({k: v for k, v in metrics.items() if isinstance(v, dict)}, METRICS)
+    lines += _table({k: v for k, v in metrics.items() if isinstance(v, dict) and k != "groups"},
+                    METRICS)
     lines.append("")
+    for name, rows in (metrics.get("groups") or {}).items():
+        lines += [f"## Group {name} (protocol {protocol})", "", metrics.get("groups_definition", ""), ""]
+        lines += _table(rows, METRICS)
+        lines.append("")
     for seq, rows in (metrics.get("sequences") or {}).items():
         lines += [f"## Sequence {seq} (protocol {protocol})", ""]
         lines += _table(rows, [(k, label) for k, label in SEQUENCE_METRICS])

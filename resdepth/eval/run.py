@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from resdepth import dist
-from resdepth.data.format import shapes_for
-from resdepth.data.netinput import net_input_batch
+from resdepth.data.format import context_of, shapes_for
+from resdepth.data.netinput import context_mismatch, net_input_batch
 from resdepth.eval.baseline import baseline_dir, baseline_identity, load_or_compute
 from resdepth.eval.config import EvalConfig, result_hash, validate
 from resdepth.eval.merge import merge, summary_line
 from resdepth.eval.predictions import PredictionShard, pred_path
 from resdepth.eval.samples import Sample, iter_samples
-from resdepth.eval.scoring import SAVED, score_by_sequence, to_floats
+from resdepth.eval.scoring import SAVED, activity_group, score_by_group, to_floats
 from resdepth.eval.wandb_log import log_evaluation
 from resdepth.infer import parts as P
 from resdepth.infer.batching import batches, prefetch
@@ -106,12 +106,16 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
 
 
 def check_split(data: str, index: Optional[dict], nets: Nets) -> None:
-    """Refuse a split whose events are not of the shape the nets were trained on."""
+    """Refuse a split whose events are not of the shape the nets were trained on, or whose
+    temporal context is not the one they were trained with."""
     if index is not None and "shapes" in index:
         found = [int(s) for s in index["shapes"]["events.npy"]]
         if found != list(nets.data_shape):
             raise UserError(f"{data} holds events of shape {found}, the nets were trained on "
                              f"{list(nets.data_shape)} (bins, height, width)")
+        why = context_mismatch(nets.context, context_of(index), "the nets", data)
+        if why:
+            raise UserError(why)
 
 
 def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
@@ -134,7 +138,8 @@ def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
     base = load_or_compute(train, train_identity, out, (h, w)) if train is not None else None
     ctx = Context(cfg, out, nets, make_patching(cfg, nets),
                   None if base is None else torch.from_numpy(base)[None].to(device), plan["hash"],
-                  device, shapes_for(bins, h, w), dict(shards), nets.depth_range(),
+                  device, shapes_for(bins, h, w, (nets.context or {}).get("bins", 0)), dict(shards),
+                  nets.depth_range(),
                   residual_std(cfg, nets))
     return ctx, units, plan
 
@@ -205,13 +210,15 @@ def evaluate_batch(ctx: Context, unit: Unit, n: int, batch: list[Sample],
     its number of valid pixels."""
     cfg = ctx.cfg
     keys = [s.key for s in batch]
-    events = net_input_batch([s.events for s in batch], ctx.nets.voxel_norm).to(ctx.device)
+    events = net_input_batch([s.events for s in batch], ctx.nets.voxel_norm,
+                             [s.context for s in batch]).to(ctx.device)
     mask_host = np.stack([s.mask for s in batch])
     # metrics run where the predictions are: only the saved arrays come back to the host
     depth = torch.from_numpy(np.stack([s.depth for s in batch])).to(ctx.device)
     mask = torch.from_numpy(mask_host).to(ctx.device)
     pred = predict(cfg, ctx.nets, events, keys, ctx.patching, ctx.noise_std)
-    score_by_sequence(ctx, sums, pred, depth, mask, [s.sequence for s in batch])
+    score_by_group(ctx, sums, pred, depth, mask, [s.sequence for s in batch],
+                   [activity_group(s.num_events, int(s.mask.sum())) for s in batch])
     previewed = unit.offset is not None and unit.offset + n < cfg.preview
     if writer is not None or previewed:  # to the host: what is saved or previewed only
         pred = {k: v.cpu() for k, v in pred.items()

@@ -22,6 +22,8 @@ class Sample:
     depth: np.ndarray   # [1, H, W] float32, metres
     mask: np.ndarray    # [1, H, W] bool, valid ground truth
     sequence: Optional[str] = None  # meta.json ``sequence`` (recording), for per-sequence tables
+    context: Optional[np.ndarray] = None  # [N, H, W] the events before the window, if packed
+    num_events: Optional[int] = None  # meta.json ``num_events``: the window's events
 
 
 def iter_samples(url: str, start: int = 0, stop: Optional[int] = None,
@@ -41,6 +43,9 @@ def decode(raw: dict, url: str, shapes: Optional[dict] = None) -> Sample:
         raise DataError(f"{url}: sample {raw.get('__key__', '?')}: {e}") from e
     depth = d["depth"].astype(np.float32)
     mask = (d["mask"] > 0) & np.isfinite(depth) & (depth > 0)
-    seq = d.get("meta", {}).get("sequence") if isinstance(d.get("meta"), dict) else None
+    meta = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+    seq, n = meta.get("sequence"), meta.get("num_events")
+    context = d["context"].astype(np.float32) if "context" in d else None
     return Sample(d["key"], d["events"].astype(np.float32), depth, mask,
-                  None if seq is None else str(seq))
+                  None if seq is None else str(seq), context,
+                  int(n) if isinstance(n, (int, float)) else None)

@@ -27,6 +27,11 @@ def to_floats(sums: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 SEQ_PREFIX = "seq/"
+GROUP_PREFIX = "group/"
+# a window with fewer events than this per valid depth pixel is "low activity": about a tenth of
+# what a camera moving at walking-to-driving speed gives (2-4 on the synthetic scenes); shot noise
+# alone gives 0.05
+LOW_ACTIVITY_EPP = 0.25
 SAVED = ("regression", "mean", "median", "std", "members")
 # predictors in the order of metrics.json and the report
 PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
@@ -67,15 +72,26 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
     return out
 
 
-def score_by_sequence(ctx: Any, sums: dict, pred: dict[str, torch.Tensor], depth: torch.Tensor,
-                      mask: torch.Tensor, sequences: list[Optional[str]]) -> None:
-    """Score a batch once per sequence in it and fold each group's sums into the split's and into
-    its sequence's (samples without a sequence: the split's only). Sums add, so the split's are
-    those of the whole batch."""
-    groups: dict[Optional[str], list[int]] = {}
-    for i, seq in enumerate(sequences):
-        groups.setdefault(seq, []).append(i)
-    for seq, rows in groups.items():
+def activity_group(num_events: Optional[int], valid_pixels: int) -> Optional[str]:
+    """``low_activity`` for a window with fewer than ``LOW_ACTIVITY_EPP`` events per valid depth
+    pixel (a camera that slows down or stops), else ``active``; None when the sample does not say
+    how many events its window holds."""
+    if num_events is None or valid_pixels <= 0:
+        return None
+    return "low_activity" if num_events < LOW_ACTIVITY_EPP * valid_pixels else "active"
+
+
+def score_by_group(ctx: Any, sums: dict, pred: dict[str, torch.Tensor], depth: torch.Tensor,
+                   mask: torch.Tensor, sequences: list[Optional[str]],
+                   activity: Optional[list[Optional[str]]] = None) -> None:
+    """Score a batch once per (sequence, activity group) in it and fold each part's sums into the
+    split's, its sequence's and its activity group's (samples without one: not in that table).
+    Sums add, so the split's are those of the whole batch."""
+    activity = activity if activity is not None else [None] * len(sequences)
+    parts: dict[tuple, list[int]] = {}
+    for i, label in enumerate(zip(sequences, activity)):
+        parts.setdefault(label, []).append(i)
+    for (seq, act), rows in parts.items():
         if len(rows) == len(sequences):
             part, d, m = pred, depth, mask
         else:
@@ -85,3 +101,5 @@ def score_by_sequence(ctx: Any, sums: dict, pred: dict[str, torch.Tensor], depth
             fold(sums, name, new)
             if seq is not None:
                 fold(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
+            if act is not None:
+                fold(sums, f"{GROUP_PREFIX}{act}/{name}", new)

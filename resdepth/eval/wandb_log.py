@@ -20,7 +20,7 @@ def _metrics_table(wandb: Any, metrics: Mapping[str, Any]) -> Any:
     """One row per predictor of ``metrics.json`` (regression, diffusion, baselines), one column
     per metric."""
     rows = {name: m for name, m in metrics.items()
-            if isinstance(m, dict) and name not in ("sequences", "settings")}
+            if isinstance(m, dict) and name not in ("sequences", "settings", "groups")}
     columns = sorted({k for m in rows.values() for k in m})
     return wandb.Table(columns=["predictor", *columns],
                        data=[[name, *(m.get(k) for k in columns)] for name, m in rows.items()])
@@ -59,7 +59,7 @@ def log_evaluation(out: Path, metrics: Mapping[str, Any], net: str, project: str
             row["eval/samples"] = wandb.Image(str(out / "samples.png"))
         run.log(row, step=step, commit=True)
         for name, m in metrics.items():
-            if isinstance(m, dict) and name not in ("sequences", "settings"):
+            if isinstance(m, dict) and name not in ("sequences", "settings", "groups"):
                 run.summary.update({f"eval/{name}/{k}": v for k, v in m.items()})
         run.summary.update({"eval/num_samples": metrics.get("num_samples"), "eval/out": str(out)})
         finish_within(run, FINISH_TIMEOUT_S)

@@ -34,6 +34,11 @@ class Nets:
         return int(d["bins"]), int(d["height"]), int(d["width"])
 
     @property
+    def context(self) -> Optional[dict]:
+        """The temporal context (``{"ms", "bins"}``) the nets were trained with, None without."""
+        return self.regression_meta["data"].get("context")
+
+    @property
     def voxel_norm(self) -> str:
         """Event normalisation the nets were trained with (``data.voxel_norm``)."""
         return str(self.regression_meta["data"].get("voxel_norm", "none"))
@@ -84,7 +89,7 @@ def check_exports(reg: dict, diff: Optional[dict], reg_src: str, diff_src: Optio
 def data_differences(a: dict, b: dict) -> list[str]:
     """The input settings two exports' data metas disagree on: the grid shape and event
     normalisation always, how the grid was made where both record it (older exports do not)."""
-    always = ("bins", "height", "width", "voxel_norm")
+    always = ("bins", "height", "width", "voxel_norm", "context")
     keys = [k for k in a.keys() | b.keys() if k in always or (k in a and k in b)]
     return sorted(k for k in keys if a.get(k, "none" if k == "voxel_norm" else None)
                   != b.get(k, "none" if k == "voxel_norm" else None))

@@ -6,7 +6,7 @@ they were trained as, and a mismatch is reported key by key instead of as a shap
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -74,8 +74,10 @@ def check_attention(cfg: ModelConfig, frame: list[int], resolution: list[int]) -
 
 
 def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: list[int],
-              patching: bool = False) -> dict[str, Any]:
-    """The full description of one stage's net: class, U-Net arguments and wrapper settings."""
+              patching: bool = False, context: Optional[dict] = None) -> dict[str, Any]:
+    """The full description of one stage's net: class, U-Net arguments and wrapper settings.
+    ``cond_channels`` counts the window's bins and the temporal context's (``context``: its
+    ``{"ms", "bins"}``, recorded so that a net trained with context refuses input without)."""
     if stage == "regression":
         arch = cfg.arch if cfg.stage == "regression" else cfg.regression_arch
         in_ch = regression_in_channels(cond_channels, img_channels=1)
@@ -86,6 +88,8 @@ def arch_spec(cfg: ModelConfig, stage: str, cond_channels: int, img_resolution: 
                                      hr_mean_conditioning=cfg.hr_mean_conditioning,
                                      patching=patching)
         extra = {"hr_mean_conditioning": cfg.hr_mean_conditioning, "patching": patching}
+    if context:
+        extra["context"] = {"ms": float(context["ms"]), "bins": int(context["bins"])}
     return {"stage": stage, "arch": arch, "img_channels": 1, "cond_channels": cond_channels,
             "unet": unet_kwargs(cfg, arch, img_resolution, in_ch), **extra}
 

@@ -26,7 +26,7 @@ from resdepth.utils.viz import (STD_CMAP, Scale, colorize, colorize_events, dept
 log = logging.getLogger("resdepth")
 
 CSV_COLUMNS = ("index", "key", "t_start", "t_end", "num_events", "depth", "std", "preview",
-               "encoding")
+               "encoding", "context_missing_ms")
 # KITTI's depth PNG: 16 bits hold 1/256 m steps to 255.99 m, the whole range the nets predict
 # (millimetres stopped at 65.535 m); 0 stays "no depth".
 PNG_SCALE = 256.0
@@ -88,7 +88,8 @@ def write_window(out: Path, window: Any, depth: np.ndarray, std: Optional[np.nda
                  previews: bool, depth_range: tuple[float, float]) -> dict:
     """One window's files; returns its ``frames.csv`` row."""
     row = {"index": window.index, "key": window.key, "t_start": window.t0, "t_end": window.t1,
-           "num_events": window.num_events, "encoding": ENCODINGS[fmt]}
+           "num_events": window.num_events, "encoding": ENCODINGS[fmt],
+           "context_missing_ms": "" if window.context_missing_ms is None else window.context_missing_ms}
     dp = depth_path(out, window.key, fmt)
     write_array(dp, depth, fmt)
     row["depth"] = str(dp.relative_to(out))

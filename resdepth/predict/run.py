@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from resdepth import dist
+from resdepth.data.sources import TemporalContext
 from resdepth.infer import parts as P
 from resdepth.infer.batching import batches, prefetch
 from resdepth.infer.config import result_hash
@@ -79,8 +80,12 @@ def make_windows(cfg: PredictConfig, nets: Nets) -> Windows:
     if (stream.height, stream.width) != (h, w):
         log.warning("%s: frames are %dx%d, the nets were trained on %dx%d (H x W); predicting at "
                     "the recording's size", cfg.events, stream.height, stream.width, h, w)
+    context = TemporalContext(nets.context["ms"], nets.context["bins"]) if nets.context else None
+    if context is not None:
+        log.info("temporal context: the %g ms before each window in %d bins, as the nets were "
+                 "trained", context.ms, context.bins)
     return Windows(stream, cfg.window_ms, cfg.window_events, bins, splat, nets.voxel_norm,
-                   cfg.max_windows)
+                   cfg.max_windows, context)
 
 
 def choose_splat(cfg: PredictConfig, trained: dict) -> str:

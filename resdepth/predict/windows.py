@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from resdepth.data.netinput import net_input
-from resdepth.data.sources import EventStream, detect_format, open_events, safe_key
-from resdepth.data.sources.base import RectifyMapMissing, open_h5
+from resdepth.data.sources import EventStream, TemporalContext, detect_format, open_events, safe_key
+from resdepth.data.sources.base import RectifyMapMissing, context_grid, open_h5
 from resdepth.data.voxel import events_to_voxel
 from resdepth.utils.errors import UserError
 
@@ -32,7 +32,8 @@ class Window:
     t0: float
     t1: float
     num_events: int
-    events: np.ndarray  # [B, H, W] float32, the nets' condition
+    events: np.ndarray  # [B (+ context bins), H, W] float32, the nets' condition
+    context_missing_ms: Optional[float] = None  # context before the recording's first event
 
 
 def load_rectify_map(path: str | Path) -> np.ndarray:
@@ -75,11 +76,15 @@ def open_recording(cfg: Any) -> EventStream:
 
 class Windows:
     """The windows of ``stream`` voxelised to ``bins`` with ``splat``, then ``voxel_norm``
-    (``resdepth.data.netinput.net_input``, as training and evaluation prepare a net's input)."""
+    (``resdepth.data.netinput.net_input``, as training and evaluation prepare a net's input);
+    with ``context``, each window's temporal context as packing makes it
+    (``resdepth.data.sources.base.context_grid``)."""
 
     def __init__(self, stream: EventStream, window_ms: float, window_events: int, bins: int,
-                 splat: str = "round", voxel_norm: str = "none", max_windows: int = 0) -> None:
+                 splat: str = "round", voxel_norm: str = "none", max_windows: int = 0,
+                 context: Optional[TemporalContext] = None) -> None:
         self.stream, self.bins, self.splat, self.voxel_norm = stream, int(bins), splat, voxel_norm
+        self.context = context
         self.duration = window_ms * 1e-3 if window_ms > 0 else None
         self.count = int(window_events)
         self.prefix = safe_key(stream.sequence)
@@ -117,9 +122,13 @@ class Windows:
             t1 = float(s.events(i1, i1 + 1).t[0]) if i1 < len(s) else float(ev.t[-1])
         grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, self.bins, s.height, s.width, t0, t1,
                                splat=self.splat)
+        context, missing = None, None
+        if self.context is not None:
+            context, cmeta = context_grid(s, t0, self.context, self.splat)
+            missing = cmeta.get("missing_ms")
         # the nets' input exactly as training and evaluation make it from a shard's grid
-        grid = net_input(grid, self.voxel_norm)
-        return Window(k, self.key(k), float(t0), float(t1), int(len(ev.t)), grid)
+        grid = net_input(grid, self.voxel_norm, context)
+        return Window(k, self.key(k), float(t0), float(t1), int(len(ev.t)), grid, missing)
 
     def iter(self, start: int, stop: int) -> Iterator[Window]:
         for k in range(start, stop):
@@ -129,4 +138,5 @@ class Windows:
         mode = ({"window_ms": self.duration * 1e3} if self.duration is not None
                 else {"window_events": self.count})
         return {"windows": self.n, **mode, "bins": self.bins, "splat": self.splat,
-                "voxel_norm": self.voxel_norm, "recording": self.stream.describe()}
+                "voxel_norm": self.voxel_norm, "recording": self.stream.describe(),
+                **({"context": self.context.describe()} if self.context else {})}

@@ -8,9 +8,9 @@ from typing import Any, Optional
 import torch
 
 from resdepth import dist
-from resdepth.data.format import read_index
-from resdepth.data.loader import ShardStream, peek_shape, split_urls
-from resdepth.data.netinput import input_spec
+from resdepth.data.format import context_of, read_index
+from resdepth.data.loader import ShardStream, peek_context, peek_shape, split_urls
+from resdepth.data.netinput import context_mismatch, input_spec
 from resdepth.data.norm import DepthNorm
 from resdepth.train.config import Config
 from resdepth.utils.errors import UserError
@@ -53,6 +53,12 @@ class TrainInputs:
     width: int
     train: ShardStream
     val: Optional[ShardStream]
+    context: Optional[dict] = None  # {"ms", "bins"} of the temporal context, None without
+
+    @property
+    def cond_channels(self) -> int:
+        """A net's condition channels: the window's bins, then the context's."""
+        return self.bins + (self.context["bins"] if self.context else 0)
 
     @classmethod
     def build(cls, cfg: Config, device: torch.device) -> "TrainInputs":
@@ -78,8 +84,14 @@ class TrainInputs:
             val = ShardStream.from_config(data, "eval", urls=split_urls(val_src, None),
                                           batch_size=micro, seed=seed, raw=True,
                                           index=read_index_or_none(data.root, "val"))
+        val_index = read_index_or_none(data.root, "val") if val is not None else None
+        context = context_of(index) if index is not None else peek_context(urls)
+        if val_index is not None and context_mismatch(context, context_of(val_index)):
+            raise UserError(context_mismatch(context, context_of(val_index), "the train split",
+                                             "the val split").split("; ")[0]
+                            + "; pack both splits with the same --context-ms/--context-bins")
         return cls(DepthNorm.from_config(data), micro, urls, index, *shape_from(index, urls),
-                   train, val)
+                   train, val, context)
 
     def train_in_order(self, cfg: Config) -> ShardStream:
         """The train split read once in order (to measure stage 2's residual std)."""
@@ -90,5 +102,8 @@ class TrainInputs:
     def meta(self, cfg: Config) -> dict[str, Any]:
         """The input a net of this run expects: voxel grid shape, how the grid was made from
         events (the training split's ``index.json`` params) and event normalisation."""
-        return {"bins": self.bins, "height": self.height, "width": self.width,
+        spec = {"bins": self.bins, "height": self.height, "width": self.width,
                 **input_spec(self.index, cfg.data.voxel_norm)}
+        if self.context:
+            spec["context"] = self.context
+        return spec

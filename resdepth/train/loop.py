@@ -48,12 +48,13 @@ class Nets:
     def __init__(self, cfg: Config, inputs: TrainInputs, device: torch.device,
                  resume: Optional[Resume] = None):
         size = [inputs.height, inputs.width]
-        self.spec = arch_spec(cfg.model, cfg.model.stage, inputs.bins, size,
-                              bool(cfg.diffusion.patch_shape))
+        self.spec = arch_spec(cfg.model, cfg.model.stage, inputs.cond_channels, size,
+                              bool(cfg.diffusion.patch_shape), inputs.context)
         self.regression_net = None
         self.scale: dict[str, float] = {}
         if cfg.model.stage == "diffusion":
-            reg_spec = arch_spec(cfg.model, "regression", inputs.bins, size)
+            reg_spec = arch_spec(cfg.model, "regression", inputs.cond_channels, size,
+                                 context=inputs.context)
             self.regression_net = load_regression_net(cfg.model.regression_ckpt, reg_spec,
                                                       inputs.norm, device, cfg.data.voxel_norm)
             self.scale = residual_scale(cfg, self.regression_net, lambda: inputs.train_in_order(cfg),

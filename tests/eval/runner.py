@@ -50,8 +50,9 @@ def write_split(split: Path, sizes: list[int], seed: int, bins: int = BINS, h: i
 
 def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False,
                  size: tuple[int, int] = (H, W), model: Optional[dict] = None,
-                 bins: int = BINS) -> dict[str, Path]:
-    """Random-weight exports of both stages, as training would write them."""
+                 bins: int = BINS, context: Optional[dict] = None) -> dict[str, Path]:
+    """Random-weight exports of both stages, as training would write them (``context``: nets
+    trained with that temporal context, ``{"ms", "bins"}``)."""
     from resdepth.data.norm import DepthNorm
     from resdepth.models.build import arch_spec, build_net
     from resdepth.models.config import ModelConfig
@@ -62,13 +63,16 @@ def make_exports(root: Path, norm: Optional[dict] = None, patching: bool = False
     for i, stage in enumerate(("regression", "diffusion")):
         torch.manual_seed(10 + i)
         cfg = ModelConfig(stage=stage, **(model or TINY_MODEL))
-        spec = arch_spec(cfg, stage, bins, list(size), patching=patching and stage == "diffusion")
+        cond = bins + (context["bins"] if context else 0)
+        spec = arch_spec(cfg, stage, cond, list(size), patching=patching and stage == "diffusion",
+                         context=context)
         net = build_net(spec)
         with torch.no_grad():  # random but not tiny outputs, so metrics differ between predictors
             for p in net.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         meta = {"spec": spec, "sigma_data": 0.5, "norm": norm,
-                "data": {"bins": bins, "height": size[0], "width": size[1]}, "step": 0}
+                "data": {"bins": bins, "height": size[0], "width": size[1],
+                         **({"context": context} if context else {})}, "step": 0}
         if stage == "diffusion":
             meta.update(residual_std=0.1, sigma_max=2.0)  # as stage 2 records them
         save_export(root / stage / "export", net, meta)

@@ -22,15 +22,16 @@ from typing import Any, Optional, Sequence
 
 from resdepth.data import format as fmt
 from resdepth.data.sources.base import (ConcatSource, DepthFrames, Events, EventStream,
-                                        LabelledSource, Record, Window, check_same_size,
-                                        open_h5, safe_key)
+                                        LabelledSource, Record, TemporalContext, Window,
+                                        check_same_size, open_h5, safe_key)
 from resdepth.data.sources.npz import NpzSource
 from resdepth.data.sources.shards import TarSource
 from resdepth.data.sources.synth import SynthSource
 from resdepth.utils.errors import UserError
 
 __all__ = ["EVENT_ONLY_FORMATS", "FORMATS", "ConcatSource", "DepthFrames", "Events", "EventStream",
-           "LabelledSource", "NpzSource", "Record", "SynthSource", "TarSource", "Window", "check_same_size",
+           "LabelledSource", "NpzSource", "Record", "SynthSource", "TarSource", "TemporalContext",
+           "Window", "check_same_size",
            "detect_format", "list_sequences", "open_depth", "open_events", "pack_source", "safe_key"]
 
 FORMATS = ("npz", "mvsec", "dsec", "m3ed", "dense")
@@ -96,9 +97,14 @@ def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int 
                 window: Window = Window(), splat: str = "round", camera: str = "left",
                 rectify: bool | str = True, height: Optional[int] = None,
                 width: Optional[int] = None,
-                frames: tuple[Optional[int], Optional[int]] = (None, None)) -> Any:
+                frames: tuple[Optional[int], Optional[int]] = (None, None),
+                context: Optional[TemporalContext] = None) -> Any:
     """The packing source of ``sequences`` (``["all"]``: every one under ``src``), keeping depth
-    frames ``frames[0] <= i < frames[1]`` of each."""
+    frames ``frames[0] <= i < frames[1]`` of each; ``context``: also the events before each
+    window (``context.npy``), which needs a recording's events."""
+    if context is not None and format in ("npz", "dense"):
+        raise UserError(f"--context-ms needs a recording's events; --format {format} holds voxel "
+                        "grids or per-sample files without the events before each window")
     if format == "npz":
         if sequences or frames != (None, None):
             raise UserError("--sequence and --frames do not apply to --format npz (pass the directory)")
@@ -125,5 +131,5 @@ def pack_source(format: str, src: str, sequences: Sequence[str] = (), bins: int 
             ev.height, ev.width = depth.height, depth.width  # an older export: raw = depth pixels
         parts.append(LabelledSource(format, ev, depth, bins, window, splat,
                                     where=f"{format} sequence {ev.sequence} ({src})",
-                                    frames=frames))
+                                    frames=frames, context=context))
     return parts[0] if len(parts) == 1 else ConcatSource(parts)

@@ -34,8 +34,9 @@ from resdepth.utils.errors import UserError
 
 log = logging.getLogger("resdepth")
 
-# (key, events [B,H,W], depth [H,W] or [1,H,W] in metres, mask or None, meta)
-Record = tuple[str, np.ndarray, np.ndarray, Optional[np.ndarray], dict]
+# (key, events [B,H,W], depth [H,W] or [1,H,W] in metres, mask or None, meta), and from a source
+# packing temporal context a sixth item: the context's voxel grid [N,H,W]
+Record = tuple  # (str, np.ndarray, np.ndarray, Optional[np.ndarray], dict[, np.ndarray])
 
 
 def safe_key(text: str) -> str:
@@ -300,6 +301,38 @@ class Window:
                 **({"events_per_sample": self.count} if self.mode == "count" else {})}
 
 
+@dataclass(frozen=True)
+class TemporalContext:
+    """Temporal context: the events of the ``ms`` milliseconds before a window, voxelised to
+    ``bins`` time bins (``context.npy``)."""
+    ms: float
+    bins: int
+
+    def __post_init__(self) -> None:
+        if self.ms <= 0 or self.bins < 1:
+            raise UserError(f"--context-ms must be > 0 and --context-bins >= 1, got {self.ms:g} "
+                            f"and {self.bins}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"context_ms": float(self.ms), "context_bins": int(self.bins)}
+
+
+def context_grid(stream: EventStream, t0: float, ctx: TemporalContext, splat: str
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The voxel grid of ``stream``'s events in ``[t0 - ctx.ms, t0)`` and its ``meta.json`` entry.
+    Before the recording's first event there is nothing: those bins stay zero and ``missing_ms``
+    says how much of the context that is. Packing and prediction both call this."""
+    c0 = t0 - ctx.ms * 1e-3
+    ev = stream.events_between(c0, t0)
+    grid = events_to_voxel(ev.x, ev.y, ev.t, ev.p, ctx.bins, stream.height, stream.width, c0, t0,
+                           splat=splat)
+    meta: dict[str, Any] = {"t_start": c0, "num_events": int(len(ev.t))}
+    if len(stream) == 0 or stream.t_start > c0:
+        first = stream.t_start if len(stream) else t0
+        meta["missing_ms"] = round(min(first - c0, ctx.ms * 1e-3) * 1e3, 6)
+    return grid, meta
+
+
 def check_same_size(events: EventStream, depth: DepthFrames, where: str) -> None:
     """Refuse a pairing whose event frame and depth frame differ in size (nothing is written)."""
     if (events.height, events.width) != (depth.height, depth.width):
@@ -318,12 +351,13 @@ class LabelledSource:
 
     def __init__(self, source: str, events: EventStream, depth: DepthFrames, bins: int = 5,
                  window: Window = Window(), splat: str = "round", where: str = "",
-                 frames: tuple[Optional[int], Optional[int]] = (None, None)) -> None:
+                 frames: tuple[Optional[int], Optional[int]] = (None, None),
+                 context: Optional[TemporalContext] = None) -> None:
         if splat not in SPLATS:
             raise UserError(f"splat must be one of {SPLATS}, got {splat!r}")
         check_same_size(events, depth, where or events.sequence)
         self.source, self.events, self.depth = source, events, depth
-        self.bins, self.window, self.splat = int(bins), window, splat
+        self.bins, self.window, self.splat, self.context = int(bins), window, splat, context
         lo, hi = frames  # depth frame range [lo, hi), e.g. to hold out the end of a sequence
         self.frame_range = [lo, hi]
         n = len(depth)
@@ -400,11 +434,16 @@ class LabelledSource:
                                    self.events.width, t0, t1, splat=self.splat)
             meta = {"source": self.source, "sequence": seq, "t_start": t0, "t_end": t1,
                     "frame": int(i), "num_events": int(len(ev.t)), **self.depth.frame_meta(i)}
-            yield f"{safe_key(seq)}_{i:06d}", grid, self.depth.depth(i), None, meta
+            record = (f"{safe_key(seq)}_{i:06d}", grid, self.depth.depth(i), None, meta)
+            if self.context is None:
+                yield record
+                continue
+            context, meta["context"] = context_grid(self.events, t0, self.context, self.splat)
+            yield (*record, context)
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "bins": self.bins, "splat": self.splat,
-                **self.window.describe(),
+                **self.window.describe(), **(self.context.describe() if self.context else {}),
                 "sequences": [self.sequence_entry()]}
 
     def sequence_entry(self) -> dict[str, Any]:

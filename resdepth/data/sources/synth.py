@@ -22,7 +22,8 @@ class SynthSource:
     def samples(self, start: int, stop: int) -> Iterator[Record]:
         for i in range(start, stop):
             s = synth_sample(self.seed, self.split, i, self.params)
-            yield f"{self.split}_{i:07d}", s["events"], s["depth"], s["mask"], s["meta"]
+            record = (f"{self.split}_{i:07d}", s["events"], s["depth"], s["mask"], s["meta"])
+            yield (*record, s["context"]) if "context" in s else record
 
     def describe(self) -> dict[str, Any]:
         return {"source": "synthetic", "split": self.split, "seed": self.seed,
