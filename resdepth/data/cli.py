@@ -246,7 +246,7 @@ def write_preview(samples: list[dict], png: str) -> None:
 
 def cmd_reshard(a: argparse.Namespace) -> int:
 
-    source = TarSource(a.src)
+    source = TarSource(a.src, drop_context=a.drop_context)
     meta = {"command": "reshard", "per_shard": a.per_shard, **source.describe()}
     with progress_bar(f"reshard {a.src}") as update:
         index = write_split(a.out, source, a.per_shard, meta, a.workers, a.resume, update)
@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", help="split directory to read")
     s.add_argument("out", help="split directory to write")
     s.add_argument("--per-shard", type=int, required=True)
+    s.add_argument("--drop-context", action="store_true",
+                   help="leave out the temporal context (context.npy): the same windows without it")
     writer_opts(s)
     s.set_defaults(fn=cmd_reshard)
     return p

@@ -185,3 +185,23 @@ def test_context_options_are_checked_in_one_line(capsys, tmp_path):
                      "--context-ms", 100, "--context-bins", 2)
     assert code != 0 and "--context-ms needs a recording's events" in text
     assert "Traceback" not in text
+
+
+def test_reshard_keeps_the_context_or_drops_it_when_asked(context_split, capsys, tmp_path):
+    _, before = packed(context_split)
+    code, text = run(capsys, "reshard", context_split, tmp_path / "kept", "--per-shard", 2)
+    assert code == 0, text
+    index, kept = packed(tmp_path / "kept")
+    assert index["context"] == {"ms": 100.0, "bins": 2} and len(kept) == len(before)
+    for a, b in zip(before, kept):
+        np.testing.assert_array_equal(a["context"], b["context"])
+    code, text = run(capsys, "reshard", context_split, tmp_path / "dropped", "--per-shard", 6,
+                     "--drop-context")
+    assert code == 0, text
+    assert run(capsys, "verify", tmp_path / "dropped")[0] == 0
+    index, dropped = packed(tmp_path / "dropped")
+    assert "context" not in index and "context.npy" not in index["shapes"]
+    assert index["params"]["dropped_context"] is True
+    for a, b in zip(before, dropped):
+        assert "context" not in b
+        np.testing.assert_array_equal(a["events"], b["events"])

@@ -11,9 +11,12 @@ from resdepth.data.sources.base import Record
 
 @dataclass
 class TarSource:
-    """The samples of an existing split directory, in index order (for resharding)."""
+    """The samples of an existing split directory, in index order (for resharding), with their
+    temporal context unless ``drop_context`` (the same windows without it, e.g. to compare a net
+    trained with context against one trained without on the same events)."""
     split_dir: str
     index: dict = field(default_factory=dict)
+    drop_context: bool = False
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -30,10 +33,15 @@ class TarSource:
                 url = str(Path(self.split_dir) / s["name"])
                 for j, raw in enumerate(fmt.iter_shard(url)):
                     if start <= offset + j < stop:
-                        d = fmt.decode_sample(raw)
-                        yield d["key"], d["events"], d["depth"], d["mask"], d["meta"]
+                        d = fmt.decode_sample(raw, self.index.get("shapes"))
+                        record = (d["key"], d["events"], d["depth"], d["mask"], d["meta"])
+                        keep = "context" in d and not self.drop_context
+                        yield (*record, d["context"]) if keep else record
             offset += n
 
     def describe(self) -> dict[str, Any]:
+        context = fmt.context_of(self.index)
+        kept = {"context_ms": context["ms"], "context_bins": context["bins"]} if context else {}
         return {"source": "shards", "src": str(self.split_dir),
-                "parent_params": self.index.get("params", {})}
+                "parent_params": self.index.get("params", {}),
+                **({"dropped_context": True} if context and self.drop_context else kept)}
