@@ -10,12 +10,13 @@ import torch
 
 from resdepth import dist
 from resdepth.data.loader import ShardStream
+from resdepth.data.netinput import context_mismatch
 from resdepth.diffusion.config import resolve_residual_scale
 from resdepth.diffusion.loss import RegressionLoss, ResidualLoss
 from resdepth.diffusion.patching import GridPatching
 from resdepth.diffusion.sampler import generate_ensemble
 from resdepth.models.build import build_net, check_same_arch
-from resdepth.models.export import load_export, load_unet_state
+from resdepth.models.export import load_export, load_unet_state, resolve_export
 from resdepth.train.checkpoint import Checkpointer, safe_load
 from resdepth.train.config import Config
 from resdepth.utils.errors import UserError
@@ -102,6 +103,8 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
         if ckpt_dir is None:
             raise FileNotFoundError(f"model.regression_ckpt={path}: neither exported weights nor a "
                                     "complete checkpoint found there")
+    meta_file = ckpt_dir / "meta.json" if ckpt_dir else resolve_export(p).with_name("model.json")
+    refuse_other_context(meta_file, expected_spec)
     if ckpt_dir is None:
         net, meta = load_export(p, expected_spec=expected_spec, device=device)
         source = str(p)
@@ -123,6 +126,18 @@ def load_regression_net(path: str, expected_spec: dict, norm, device: torch.devi
                          f"{trained_voxel_norm}, this run uses data.voxel_norm={voxel_norm}")
     log.info("frozen regression net loaded from %s", source)
     return net.eval().requires_grad_(False)
+
+
+def refuse_other_context(meta_file: Path, expected_spec: dict) -> None:
+    """A regression net trained with another temporal context than this run's shards carry is
+    refused in those words, before its architecture (whose condition channels then differ too)."""
+    if not meta_file.is_file():
+        return  # reported by the loader
+    found = (json.loads(meta_file.read_text()).get("spec") or {}).get("context")
+    why = context_mismatch(found, expected_spec.get("context"),
+                           f"{meta_file.parent}: the regression net", "this run's training split")
+    if why:
+        raise UserError(why)
 
 
 @torch.no_grad()

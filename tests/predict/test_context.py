@@ -113,3 +113,24 @@ def test_nets_refuse_a_split_without_their_context_and_the_reverse(context_expor
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "input data differs (bins" not in text
     assert "input data differs (context)" in text
+
+
+@pytest.mark.dist
+def test_evaluation_with_context_does_not_depend_on_the_world_size(context_exports, packed,
+                                                                   tmp_path):
+    from tests.eval.runner import assert_metrics_close
+
+    out = {}
+    for nproc in (1, 2):
+        out[nproc] = tmp_path / f"ev{nproc}"
+        run_module("resdepth.eval", ["--regression", str(context_exports["regression"]),
+                                     "--diffusion", str(context_exports["diffusion"]), "--data",
+                                     str(packed["context"]), "--out", str(out[nproc]),
+                                     "--baseline", "none", *FAST], nproc=nproc)
+    m1, m2 = (json.loads((out[n] / "metrics.json").read_text()) for n in (1, 2))
+    assert m1["num_samples"] == m2["num_samples"] == 7
+    assert_metrics_close(m2, m1)
+    # every window of this recording is busy: the activity groups say so and add up
+    assert set(m1["groups"]) == {"active"}
+    assert m1["groups"]["active"]["regression"]["num_valid_pixels"] == m1["num_valid_pixels"]
+    assert "0.25 events per valid depth pixel" in (out[1] / "report.md").read_text()
