@@ -85,7 +85,7 @@ class Trainer:
         self.state = TrainState(self.device)
         self.validator = None if self.inputs.val is None else Validator(
             cfg, self.inputs.val, lambda *a: self.loss_core(*a), nets.regression_net,
-            self.inputs.norm, self.device)
+            self.inputs.norm, self.device, self.inputs.bins)
         self.parts = Parts(self.engine, self.ema, self.state, self.inputs.train, self.eval_net,
                            self.run_meta)
         self.stop = StopFlag()

@@ -31,12 +31,15 @@ def step_seed(seed: int, *parts: int) -> int:
 
 class Validator:
     """The mean loss over (the first ``run.val_batches`` batches of) the val split, reduced over
-    ranks, with the same noise at every validation; panels of the first image on rank 0."""
+    ranks, with the same noise at every validation; panels of the first image on rank 0 (its
+    window's ``bins`` event channels, without the temporal context that follows them)."""
 
     def __init__(self, cfg: Config, stream: ShardStream, loss_core: LossCore,
-                 regression_net: Optional[torch.nn.Module], norm: DepthNorm, device: torch.device):
+                 regression_net: Optional[torch.nn.Module], norm: DepthNorm, device: torch.device,
+                 bins: Optional[int] = None):
         self.cfg, self.stream, self.loss_core = cfg, stream, loss_core
         self.regression_net, self.norm, self.device = regression_net, norm, device
+        self.bins = bins
 
     @torch.no_grad()
     def run(self, net: torch.nn.Module, step: int, metrics: MetricsLogger) -> float:
@@ -71,7 +74,7 @@ class Validator:
         true_m = batch["depth_m"][0, 0].cpu().numpy()
         mask = batch["mask"][0, 0].cpu().numpy() > 0
         lo = float(true_m[mask].min()) if mask.any() else 1.0
-        return validation_panels(batch["events"][0].cpu().numpy(), true_m, mask, pred,
+        return validation_panels(batch["events"][0, :self.bins].cpu().numpy(), true_m, mask, pred,
                                  Scale(lo, float(self.cfg.data.max_depth)))
 
 
