@@ -3,18 +3,16 @@ window's context as packing does (the numbers equal evaluation of the same windo
 context), and a net refuses input without its context, or with another, in one line."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
 
 from tests.eval.runner import make_exports, run_command, run_module
 from tests.predict.test_predict import (BINS, DUR_MS, FAST, H, TINY3, W, _py, frames,
-                                        predict_args, random_events, window_ends,
-                                        write_mvsec_depth, write_mvsec_events)
+                                        predict_args, random_events, saved_predictions,
+                                        window_ends, write_mvsec_depth, write_mvsec_events)
 
 CONTEXT = {"ms": 2 * DUR_MS, "bins": 2}
 
@@ -46,16 +44,6 @@ def packed(recording, tmp_path_factory):
                      str(src), "--sequence", "outdoor_day1", "--out", str(out[name]),
                      "--window-ms", str(DUR_MS), "--bins", str(BINS), *extra])
     return out
-
-
-def saved_predictions(ev_out):
-    preds = {}
-    for tar in sorted((ev_out / "predictions").glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, name = m.name.split(".", 1)
-                preds.setdefault(key, {})[name] = np.load(io.BytesIO(tf.extractfile(m).read()))
-    return preds
 
 
 def test_prediction_with_context_equals_evaluation_of_the_windows_packed_with_it(

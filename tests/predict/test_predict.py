@@ -141,12 +141,7 @@ def test_equals_evaluation_of_the_same_windows_packed_with_depth(one_process, ex
                                  str(exports["diffusion"]), "--data", str(tmp_path / "test"),
                                  "--out", str(ev_out), "--baseline", "none", "--save-predictions",
                                  *FAST])
-    preds = {}
-    for tar in sorted((ev_out / "predictions").glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, name = m.name.split(".", 1)
-                preds.setdefault(key, {})[name] = np.load(io.BytesIO(tf.extractfile(m).read()))
+    preds = saved_predictions(ev_out)
     rows = frames(one_process)
     assert sorted(preds) == [r["key"] for r in rows]
     for r in rows:
@@ -155,6 +150,17 @@ def test_equals_evaluation_of_the_same_windows_packed_with_depth(one_process, ex
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.load(one_process / r["std"]), e["std.npy"][0],
                                    rtol=1e-4, atol=1e-5)
+
+
+def saved_predictions(ev_out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """An evaluation's ``--save-predictions`` tars as ``{key: {member name: array}}``."""
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    for tar in sorted((ev_out / "predictions").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, name = m.name.split(".", 1)
+                preds.setdefault(key, {})[name] = np.load(io.BytesIO(tf.extractfile(m).read()))
+    return preds
 
 
 def _py() -> list[str]:
