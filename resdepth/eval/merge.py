@@ -8,7 +8,8 @@ from typing import Any
 
 from resdepth.eval.metrics import add_sums, finalize
 from resdepth.eval.report import write_report
-from resdepth.eval.scoring import GROUP_PREFIX, LOW_ACTIVITY_EPP, PREDICTORS, SEQ_PREFIX
+from resdepth.eval.scoring import (GROUP_COUNT, GROUP_PREFIX, LOW_ACTIVITY_EPP, PREDICTORS,
+                                   SEQ_PREFIX)
 from resdepth.infer.parts import missing_units, part_path, read_part, read_plan
 from resdepth.utils.atomic import write_json_atomic
 from resdepth.utils.errors import UserError
@@ -78,6 +79,8 @@ def merge(out_dir) -> dict:
                                 for name in PREDICTORS if f"{prefix}{q}/{name}" in sums}
                             for q in names}
     if "groups" in metrics:
+        for name, rows in metrics["groups"].items():
+            rows["num_samples"] = int(sums[f"{GROUP_PREFIX}{name}/{GROUP_COUNT}"]["samples"])
         metrics["groups_definition"] = GROUPS_DEFINITION
     metrics["settings"] = plan["settings"]
     write_json_atomic(out / "metrics.json", metrics, default=str)

@@ -76,8 +76,9 @@ def markdown(metrics: dict) -> str:
                     METRICS)
     lines.append("")
     for name, rows in (metrics.get("groups") or {}).items():
-        lines += [f"## Group {name} (protocol {protocol})", "", metrics.get("groups_definition", ""), ""]
-        lines += _table(rows, METRICS)
+        lines += [f"## Group {name}: {rows.get('num_samples', '?')} samples (protocol {protocol})", "",
+                  metrics.get("groups_definition", ""), ""]
+        lines += _table({k: v for k, v in rows.items() if isinstance(v, dict)}, METRICS)
         lines.append("")
     for seq, rows in (metrics.get("sequences") or {}).items():
         lines += [f"## Sequence {seq} (protocol {protocol})", ""]

@@ -28,6 +28,7 @@ def to_floats(sums: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 SEQ_PREFIX = "seq/"
 GROUP_PREFIX = "group/"
+GROUP_COUNT = "count"  # the sums of a group's sample count, beside its predictors'
 # a window with fewer events than this per valid depth pixel is "low activity": about a tenth of
 # what a camera moving at walking-to-driving speed gives (2-4 on the synthetic scenes); shot noise
 # alone gives 0.05
@@ -103,3 +104,6 @@ def score_by_group(ctx: Any, sums: dict, pred: dict[str, torch.Tensor], depth: t
                 fold(sums, f"{SEQ_PREFIX}{seq}/{name}", new)
             if act is not None:
                 fold(sums, f"{GROUP_PREFIX}{act}/{name}", new)
+        if act is not None:  # how many windows the group holds
+            fold(sums, f"{GROUP_PREFIX}{act}/{GROUP_COUNT}",
+                 {"samples": torch.tensor(float(len(rows)), dtype=torch.float64, device=d.device)})

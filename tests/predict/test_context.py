@@ -121,4 +121,5 @@ def test_evaluation_with_context_does_not_depend_on_the_world_size(context_expor
     # every window of this recording is busy: the activity groups say so and add up
     assert set(m1["groups"]) == {"active"}
     assert m1["groups"]["active"]["regression"]["num_valid_pixels"] == m1["num_valid_pixels"]
+    assert m1["groups"]["active"]["num_samples"] == m2["groups"]["active"]["num_samples"] == 7
     assert "0.25 events per valid depth pixel" in (out[1] / "report.md").read_text()
