@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import torch
 
-from resdepth.eval.metrics import add_sums, depth_metric_sums, ensemble_metric_sums, sharpness_sums
+from resdepth.eval.metrics import (add_sums, depth_metric_sums, ensemble_metric_sums, member_sums,
+                                   sharpness_sums)
 
 
 def fold(sums: dict, name: str, new: dict) -> None:
@@ -40,25 +41,31 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
     Point predictors get the protocol's depth metrics, the CRPS of a point forecast (its MAE) and
     sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
     sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
-    ``diffusion_member`` the first member alone.
+    ``diffusion_member`` the first member alone. The ``diffusion`` and ``diffusion_median`` rows'
+    sharpness (``grad_energy``, ``boundary_mae``) is that estimate's own, like every other point
+    estimate's; the members' average sharpness is the ``diffusion`` row's ``members_`` keys.
     """
     rng = {"protocol": ctx.cfg.protocol, "max_depth": ctx.depth_range[1],
            "min_depth": ctx.depth_range[0]}
 
+    def sharpness(x: torch.Tensor) -> dict:
+        return sharpness_sums(x, depth, mask, rng["max_depth"])
+
     def point(x: torch.Tensor) -> dict:
         return {**depth_metric_sums(x, depth, mask, **rng),
-                **ensemble_metric_sums(x[:, None], depth, mask, **rng),
-                **sharpness_sums(x[:, None], depth, mask, rng["max_depth"])}
+                **ensemble_metric_sums(x[:, None], depth, mask, **rng), **sharpness(x[:, None])}
 
     def ensemble(x: torch.Tensor) -> dict:
-        return {**ensemble_metric_sums(x, depth, mask, **rng),
-                **sharpness_sums(x, depth, mask, rng["max_depth"])}
+        return {**ensemble_metric_sums(x, depth, mask, **rng), **sharpness(x)}
 
     out = {"regression": point(pred["regression"])}
     if "members" in pred:
         out["diffusion"] = {**depth_metric_sums(pred["mean"], depth, mask, **rng),
-                            **ensemble(pred["members"])}
-        out["diffusion_median"] = depth_metric_sums(pred["median"], depth, mask, **rng)
+                            **ensemble_metric_sums(pred["members"], depth, mask, **rng),
+                            **sharpness(pred["mean"][:, None]),
+                            **member_sums(sharpness(pred["members"]))}
+        out["diffusion_median"] = {**depth_metric_sums(pred["median"], depth, mask, **rng),
+                                   **sharpness(pred["median"][:, None])}
         out["diffusion_member"] = point(pred["members"][:, 0])
     if "noise_members" in pred:
         out["noise_baseline"] = ensemble(pred["noise_members"])
