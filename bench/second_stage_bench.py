@@ -280,6 +280,29 @@ def saved(a: argparse.Namespace, nets, rng: dict) -> None:
     table(["estimate", "depth m", "pixels", "MAE m", "RMSE m", "abs_rel", "bias m"], rows)
     table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "MAE m", "MAE<10",
            "edge MAE (of this estimate)", "grad E"], whole)
+    by_regression_depth(nets, depth, mask, {k: torch.from_numpy(np.stack(v)) for k, v in est.items()},
+                        rng)
+
+
+def by_regression_depth(nets, depth: torch.Tensor, mask: torch.Tensor, est: dict, rng: dict) -> None:
+    """Residuals binned by the regression's depth, what the residual net sees (binning by the true
+    depth selects on the outcome): the true residual's mean against the estimates' mean residual."""
+    lo, hi = rng["min_depth"], rng["max_depth"]
+    n = lambda x: nets.norm.normalize(x.double().clamp(lo, hi))  # noqa: E731
+    reg_m = est["regression"].double()
+    t, r = n(depth), n(reg_m)
+    valid = mask & (depth <= hi)
+    print("### 0b. By the regression's depth: mean residual (normalised) of the truth and of each "
+          "estimate, and sq_rel\n")
+    rows = []
+    for b_lo, b_hi in BINS + [(0, 80)]:
+        v = valid & (reg_m >= b_lo) & ((reg_m < b_hi) if b_hi < 80 else (reg_m <= b_hi))
+        res = [(t - r)[v].mean()] + [(n(est[k]) - r)[v].mean() for k in ("mean", "median")]
+        row = [f"{b_lo}-{b_hi}", f"{int(v.sum()):,}", *(f"{float(x):+.4f}" for x in res)]
+        row += [metrics(est[k], depth, v, rng)["sq_rel"] for k in ("regression", "mean", "median")]
+        rows.append(row)
+    table(["regression depth m", "pixels", "true res. mean (n)", "mean's res. (n)",
+           "median's res. (n)", "sq_rel regression", "sq_rel mean", "sq_rel median"], rows)
 
 
 GOAL = (("mse", "MSE", True), ("rmse", "RMSE", True), ("abs_rel", "abs_rel", True),

@@ -27,6 +27,7 @@ class SamplerSettings:
     S_min: float = opt(0.0, "Lowest noise level at which churn is applied.")
     S_max: float = opt(float("inf"), "Highest noise level at which churn is applied.")
     S_noise: float = opt(1.0, "Scale of the fresh churn noise; slightly above 1 offsets a denoiser that removes too much noise.")
+    denoised_sigma: float = opt(2.0, "Noise level, in units of sigma_data, of the denoised point estimate: the regression mean plus the residual net's D(0; denoised_sigma x sigma_data), one net evaluation without member noise (0: none). Small values shrink the residual toward the regression mean, large ones approach the many-member ensemble mean; 2 was best on the demo's validation split.")
 
     def sampler_kwargs(self) -> dict:
         """These settings as keyword arguments of ``generate_ensemble``."""

@@ -32,7 +32,9 @@ METRICS = [("abs_rel", "AbsRel", True), ("sq_rel", "SqRel", True), ("rmse", "RMS
 COLUMNS = [("baseline", "baseline (per-pixel mean depth)"), ("regression", "regression"),
            ("noise_baseline", "regression + Gaussian noise (residual std)"),
            ("diffusion", "regression + diffusion (ensemble mean)"),
-           ("diffusion_median", "ensemble median"), ("diffusion_member", "one member")]
+           ("diffusion_median", "ensemble median"),
+           ("diffusion_denoised", "regression + denoised residual D(0; sigma)"),
+           ("diffusion_member", "one member")]
 # the per-sequence tables: a few headline metrics per predictor
 SEQUENCE_METRICS = [("abs_rel", "AbsRel"), ("rmse", "RMSE"), ("mae_10m", "MAE<10"),
                     ("mae_20m", "MAE<20"), ("mae_30m", "MAE<30"), ("crps", "CRPS")]

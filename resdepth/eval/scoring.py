@@ -31,7 +31,7 @@ SEQ_PREFIX = "seq/"
 SAVED = ("regression", "mean", "median", "std", "members")
 # predictors in the order of metrics.json and the report
 PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
-              "diffusion_member")
+              "diffusion_denoised", "diffusion_member")
 
 
 def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
@@ -41,7 +41,8 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
     Point predictors get the protocol's depth metrics, the CRPS of a point forecast (its MAE) and
     sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
     sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
-    ``diffusion_member`` the first member alone. The ``diffusion`` and ``diffusion_median`` rows'
+    ``diffusion_member`` the first member alone, ``diffusion_denoised`` (when ``pred`` has
+    ``denoised``) the regression mean plus the residual net's ``D(0; sigma)``. The ``diffusion`` and ``diffusion_median`` rows'
     sharpness (``grad_energy``, ``boundary_mae``) is that estimate's own, like every other point
     estimate's; the members' average sharpness is the ``diffusion`` row's ``members_`` keys.
     """
@@ -67,6 +68,8 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
         out["diffusion_median"] = {**depth_metric_sums(pred["median"], depth, mask, **rng),
                                    **sharpness(pred["median"][:, None])}
         out["diffusion_member"] = point(pred["members"][:, 0])
+    if "denoised" in pred:
+        out["diffusion_denoised"] = point(pred["denoised"])
     if "noise_members" in pred:
         out["noise_baseline"] = ensemble(pred["noise_members"])
     if ctx.baseline is not None:

@@ -49,3 +49,26 @@ def test_the_member_median_has_its_own_sharpness():
     assert m["diffusion_median"]["boundary_mae"] == pytest.approx(own["boundary_mae"])
     assert m["diffusion_median"]["grad_energy"] == pytest.approx(own["grad_energy"])
     assert "members_boundary_mae" not in m["diffusion_median"]
+
+
+def test_a_denoised_point_estimate_is_scored_as_a_point():
+    from resdepth.eval.metrics import depth_metric_sums
+    from resdepth.eval.report import markdown
+    from resdepth.eval.scoring import PREDICTORS
+
+    depth = torch.full((1, 1, 4, 4), 10.0)
+    mask = torch.ones_like(depth, dtype=torch.bool)
+    members = torch.stack([depth * 1.2, depth * 0.9], 1)
+    pred = {"regression": depth * 1.5, "mean": members.mean(1), "median": members.min(1).values,
+            "members": members, "denoised": depth * 1.1}
+    ctx = SimpleNamespace(cfg=SimpleNamespace(protocol="pooled"), baseline=None,
+                          depth_range=(1.978, 80.0))
+    sums = score_batch(ctx, pred, depth, mask)
+    m = finalize(sums["diffusion_denoised"])
+    assert m["abs_rel"] == pytest.approx(0.1) and m["crps"] == pytest.approx(1.0)  # its MAE
+    assert set(sums["diffusion_denoised"]) >= set(depth_metric_sums(depth, depth, mask))
+    assert "diffusion_denoised" in PREDICTORS
+    row = {"num_samples": 1, "num_valid_pixels": 16, "diffusion_denoised": m}
+    assert "regression + denoised residual" in markdown(row)
+    del pred["denoised"]
+    assert "diffusion_denoised" not in score_batch(ctx, pred, depth, mask)
