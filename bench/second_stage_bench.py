@@ -280,8 +280,24 @@ def saved(a: argparse.Namespace, nets, rng: dict) -> None:
     table(["estimate", "depth m", "pixels", "MAE m", "RMSE m", "abs_rel", "bias m"], rows)
     table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "MAE m", "MAE<10",
            "edge MAE (of this estimate)", "grad E"], whole)
-    by_regression_depth(nets, depth, mask, {k: torch.from_numpy(np.stack(v)) for k, v in est.items()},
-                        rng)
+    stacked = {k: torch.from_numpy(np.stack(v)) for k, v in est.items()}
+    by_regression_depth(nets, depth, mask, stacked, rng)
+    combined(nets, depth, mask, stacked, rng)
+
+
+def combined(nets, depth: torch.Tensor, mask: torch.Tensor, est: dict, rng: dict) -> None:
+    """Table 0c: the regression mean plus a share ``lam`` of the ensemble mean's residual, in
+    normalised depth (a weighted geometric mean in metres): how much of the residual pays."""
+    n = lambda x: nets.norm.normalize(x.double().clamp(rng["min_depth"], rng["max_depth"]))  # noqa: E731
+    r, m = n(est["regression"]), n(est["mean"])
+    reg = metrics(est["regression"], depth, mask, rng)
+    print("### 0c. Regression + lam x (ensemble mean - regression), normalised depth\n")
+    rows = []
+    for lam in (0.25, 0.5, 0.75, 1.0):
+        e = metrics(nets.norm.denormalize(r + lam * (m - r)), depth, mask, rng)
+        rows.append([f"{lam:g}", e["abs_rel"], e["sq_rel"], e["mse"], e["rmse"], e["delta1"],
+                     e["boundary_mae"], verdict(e, reg)])
+    table(["lam", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "edge MAE", "vs the regression"], rows)
 
 
 def by_regression_depth(nets, depth: torch.Tensor, mask: torch.Tensor, est: dict, rng: dict) -> None:

@@ -27,7 +27,7 @@ class SamplerSettings:
     S_min: float = opt(0.0, "Lowest noise level at which churn is applied.")
     S_max: float = opt(float("inf"), "Highest noise level at which churn is applied.")
     S_noise: float = opt(1.0, "Scale of the fresh churn noise; slightly above 1 offsets a denoiser that removes too much noise.")
-    denoised_sigma: float = opt(2.0, "Noise level, in units of sigma_data, of the denoised point estimate: the regression mean plus the residual net's D(0; denoised_sigma x sigma_data), one net evaluation without member noise (0: none). Small values shrink the residual toward the regression mean, large ones approach the many-member ensemble mean; 2 was best on the demo's validation split.")
+    denoised_sigma: float = opt(0.5, "Noise level, in units of sigma_data, of the denoised point estimate: the regression mean plus the residual net's D(0; denoised_sigma x sigma_data), the residual's conditional mean shrunk toward the regression mean as a noisy observation of residual 0 would shrink it (one net evaluation, no member noise; 0: none). Larger values shrink less and approach the many-member ensemble mean; 0.5 beat the regression on every point metric on the demo's validation and test splits for every stage-2 run measured (docs/second-stage.md).")
 
     def sampler_kwargs(self) -> dict:
         """These settings as keyword arguments of ``generate_ensemble``."""
@@ -39,7 +39,7 @@ class SamplerSettings:
 class DiffusionConfig(SamplerSettings):
     sigma_data: Optional[float] = opt(None, "EDM sigma_data of the residual (normalised depth). Unset: the residual std measured on the train split when stage 2 starts.")
     P_mean: Optional[float] = opt(None, "Mean of ln(sigma) of the training noise levels. Unset: ln(sigma_data) + P_mean_offset.")
-    P_mean_offset: float = opt(P_MEAN_OFFSET, "ln(sigma) mean of the training noise relative to ln(sigma_data), used when P_mean is unset. -0.507 is EDM's (P_mean -1.2 at sigma_data 0.5: most noise levels below the residual's scale); 0.693 is CorrDiff's residual loss (P_mean 0 at sigma_data 0.5), which trains the noise levels where the sampler starts and fixes the residual's mean.")
+    P_mean_offset: float = opt(P_MEAN_OFFSET, "ln(sigma) mean of the training noise relative to ln(sigma_data), used when P_mean is unset: -0.507 is EDM's (P_mean -1.2 at sigma_data 0.5), 0.693 CorrDiff's residual loss (P_mean 0 at sigma_data 0.5, training more at the noise levels where sampling starts).")
     P_std: float = opt(1.2, "Standard deviation of ln(sigma) of the training noise levels.")
     residual_samples: int = opt(256, "Train samples over which stage 2 measures the residual std at start.")
     patch_shape: list[int] = opt([], "Training patch [H, W] for the residual loss; [] trains on full frames.")

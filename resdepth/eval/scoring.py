@@ -28,7 +28,7 @@ def to_floats(sums: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 SEQ_PREFIX = "seq/"
-SAVED = ("regression", "mean", "median", "std", "members")
+SAVED = ("regression", "mean", "median", "denoised", "std", "members")
 # predictors in the order of metrics.json and the report
 PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
               "diffusion_denoised", "diffusion_member")

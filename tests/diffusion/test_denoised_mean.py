@@ -49,3 +49,14 @@ def test_conditioning_and_patches_as_the_samplers_use_them():
     patched = denoised_mean(net, reg, cond, 0.5, hr_mean_conditioning=True, patch=patching)
     torch.testing.assert_close(patched["denoised"], whole["denoised"], rtol=1e-5, atol=1e-5)
     assert not torch.equal(whole["denoised"], whole["regression"])
+
+
+def test_its_noise_level_is_a_sampler_setting_of_training_and_evaluation():
+    from resdepth.diffusion.config import DiffusionConfig
+    from resdepth.eval.cli import parse_args
+
+    assert DiffusionConfig().denoised_sigma == 0.5
+    cfg = parse_args(["--regression", "r", "--data", "d", "--out", "o", "--denoised-sigma", "2"])
+    assert cfg.denoised_sigma == 2.0
+    # not a keyword of the samplers: the ensemble is drawn the same with any value
+    assert "denoised_sigma" not in cfg.sampler_kwargs()
