@@ -42,9 +42,10 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
     sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
     sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
     ``diffusion_member`` the first member alone, ``diffusion_denoised`` (when ``pred`` has
-    ``denoised``) the regression mean plus the residual net's ``D(0; sigma)``. The ``diffusion`` and ``diffusion_median`` rows'
-    sharpness (``grad_energy``, ``boundary_mae``) is that estimate's own, like every other point
-    estimate's; the members' average sharpness is the ``diffusion`` row's ``members_`` keys.
+    ``denoised``) the regression mean plus the residual net's ``D(0; sigma)``. The ``diffusion``
+    and ``diffusion_median`` rows' sharpness (``grad_energy``, ``boundary_mae``) is that
+    estimate's own, like every other point estimate's; the members' average sharpness is the
+    ``diffusion`` row's ``members_`` keys.
     """
     rng = {"protocol": ctx.cfg.protocol, "max_depth": ctx.depth_range[1],
            "min_depth": ctx.depth_range[0]}
