@@ -15,6 +15,13 @@ scores with ``resdepth.eval.metrics`` (protocol pooled). Prints markdown tables:
 3. the true residual's statistics by depth bin against the sampled members' spread;
 4. what the log normalisation does: metres per 0.01 of normalised depth, and the ensemble mean
    taken in normalised (geometric) vs metric (arithmetic) space.
+
+``--denoised K ...`` prints only table 5: the regression mean plus the residual net's denoised zero
+residual ``D(0; K sigma_data)`` on the first ``--max-samples`` samples.
+
+``--fixes NAME=EVAL_DIR ...`` prints only the table of stage-2 variants instead: each evaluation's
+regression, ensemble mean and member median on the goal's metrics, the CRPS gain over the
+noise-dressed regression, and which metrics beat the regression.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resdepth.data.format import iter_shard_range, npy_load, shapes_for  # noqa: E402
 from resdepth.data.netinput import net_input_batch  # noqa: E402
-from resdepth.diffusion.sampler import ensemble_mean, generate_ensemble  # noqa: E402
+from resdepth.diffusion.sampler import denoised_mean, ensemble_mean, generate_ensemble  # noqa: E402
 from resdepth.eval.metrics import (depth_metric_sums, ensemble_metric_sums, finalize,  # noqa: E402
                                    sharpness_sums)
 from resdepth.eval.samples import iter_samples  # noqa: E402
@@ -62,6 +69,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="an evaluation's predictions/ (--save-predictions) of the same split: "
                         "table 0 scores its saved estimates on every sample (default: "
                         "DEMO/eval/predictions when it exists; 'none' skips)")
+    p.add_argument("--fixes", nargs="+", default=None, metavar="NAME=EVAL_DIR",
+                   help="only print the fixes table of these evaluations (their metrics.json, "
+                        "evaluated with the point estimates' own sharpness columns)")
+    p.add_argument("--denoised", nargs="+", type=float, default=None, metavar="K",
+                   help="only print table 5: regression + D(0; K x sigma_data) for each K")
     a = p.parse_args(argv)
     demo = Path(a.demo)
     a.regression = a.regression or str(demo / "runs" / "regression")
@@ -268,12 +280,130 @@ def saved(a: argparse.Namespace, nets, rng: dict) -> None:
     table(["estimate", "depth m", "pixels", "MAE m", "RMSE m", "abs_rel", "bias m"], rows)
     table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "MAE m", "MAE<10",
            "edge MAE (of this estimate)", "grad E"], whole)
+    stacked = {k: torch.from_numpy(np.stack(v)) for k, v in est.items()}
+    by_regression_depth(nets, depth, mask, stacked, rng)
+    combined(nets, depth, mask, stacked, rng)
+
+
+def combined(nets, depth: torch.Tensor, mask: torch.Tensor, est: dict, rng: dict) -> None:
+    """Table 0c: the regression mean plus a share ``lam`` of the ensemble mean's residual, in
+    normalised depth (a weighted geometric mean in metres): how much of the residual pays."""
+    n = lambda x: nets.norm.normalize(x.double().clamp(rng["min_depth"], rng["max_depth"]))  # noqa: E731
+    r, m = n(est["regression"]), n(est["mean"])
+    reg = metrics(est["regression"], depth, mask, rng)
+    print("### 0c. Regression + lam x (ensemble mean - regression), normalised depth\n")
+    rows = []
+    for lam in (0.25, 0.5, 0.75, 1.0):
+        e = metrics(nets.norm.denormalize(r + lam * (m - r)), depth, mask, rng)
+        rows.append([f"{lam:g}", e["abs_rel"], e["sq_rel"], e["mse"], e["rmse"], e["delta1"],
+                     e["boundary_mae"], verdict(e, reg)])
+    table(["lam", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "edge MAE", "vs the regression"], rows)
+
+
+def by_regression_depth(nets, depth: torch.Tensor, mask: torch.Tensor, est: dict, rng: dict) -> None:
+    """Residuals binned by the regression's depth, what the residual net sees (binning by the true
+    depth selects on the outcome): the true residual's mean against the estimates' mean residual."""
+    lo, hi = rng["min_depth"], rng["max_depth"]
+    n = lambda x: nets.norm.normalize(x.double().clamp(lo, hi))  # noqa: E731
+    reg_m = est["regression"].double()
+    t, r = n(depth), n(reg_m)
+    valid = mask & (depth <= hi)
+    print("### 0b. By the regression's depth: mean residual (normalised) of the truth and of each "
+          "estimate, and sq_rel\n")
+    rows = []
+    for b_lo, b_hi in BINS + [(0, 80)]:
+        v = valid & (reg_m >= b_lo) & ((reg_m < b_hi) if b_hi < 80 else (reg_m <= b_hi))
+        res = [(t - r)[v].mean()] + [(n(est[k]) - r)[v].mean() for k in ("mean", "median")]
+        row = [f"{b_lo}-{b_hi}", f"{int(v.sum()):,}", *(f"{float(x):+.4f}" for x in res)]
+        row += [metrics(est[k], depth, v, rng)["sq_rel"] for k in ("regression", "mean", "median")]
+        rows.append(row)
+    table(["regression depth m", "pixels", "true res. mean (n)", "mean's res. (n)",
+           "median's res. (n)", "sq_rel regression", "sq_rel mean", "sq_rel median"], rows)
+
+
+GOAL = (("mse", "MSE", True), ("rmse", "RMSE", True), ("abs_rel", "abs_rel", True),
+        ("sq_rel", "sq_rel", True), ("delta1", "d1", False))
+
+
+def verdict(est: dict, reg: dict) -> str:
+    """Which of the goal's metrics ``est`` beats the regression on, which it loses, edge MAE."""
+    better = [n for k, n, low in GOAL if (est[k] < reg[k]) == low and est[k] != reg[k]]
+    worse = [n for k, n, low in GOAL if (est[k] > reg[k]) == low and est[k] != reg[k]]
+    edge = "edge ok" if est["boundary_mae"] <= reg["boundary_mae"] else "edge worse"
+    met = not worse and len(better) >= 3 and edge == "edge ok"
+    return (f"better {', '.join(better) or '-'}; worse {', '.join(worse) or '-'}; {edge}"
+            + ("; **point goal met**" if met else ""))
+
+
+def fixes(evals: list[str]) -> None:
+    """The fixes table: each ``NAME=EVAL_DIR`` evaluation's ensemble mean and member median against
+    its regression (metrics.json), with the CRPS gain over the noise-dressed regression."""
+    import json
+
+    rows = []
+    for item in evals:
+        name, _, out = item.rpartition("=")
+        m = json.loads((Path(out) / "metrics.json").read_text())
+        reg, diff = m["regression"], m["diffusion"]
+        gain = f"{100 * (1 - diff['crps'] / m['noise_baseline']['crps']):.1f} %"
+        # before the point estimates had their own sharpness columns, the mean's were the members'
+        for key, label in (("regression", "regression"), ("diffusion", "mean"),
+                           ("diffusion_median", "median")):
+            e = m.get(key)
+            if e is None or "boundary_mae" not in e:
+                continue
+            rows.append([name or out, label, e["abs_rel"], e["sq_rel"], e["mse"], e["rmse"],
+                         e["delta1"], e["boundary_mae"], gain if key == "diffusion" else "",
+                         "" if key == "regression" else verdict(e, reg)])
+    table(["variant", "estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "edge MAE",
+           "CRPS gain", "vs the regression"], rows)
+
+
+def denoised(a: argparse.Namespace) -> None:
+    """Table 5: the regression mean plus the residual net's ``D(0; k sigma_data)`` (one net
+    evaluation, no member noise) for each ``k`` of ``--denoised``, on the first samples."""
+    cfg = InferenceSettings(regression=a.regression, diffusion=a.diffusion, device="cpu")
+    nets = load_nets(cfg, torch.device("cpu"))
+    bins, h, w = nets.data_shape
+    samples = [s for url, total in split_shards(a.data)[0]
+               for s in iter_samples(url, 0, None, shapes_for(bins, h, w), total)][:a.max_samples]
+    sd = float(nets.diffusion_meta["sigma_data"])
+    hr = bool(nets.diffusion_meta["spec"].get("hr_mean_conditioning", False))
+    patch = make_patching(cfg, nets)
+    lo, hi = nets.depth_range()
+    rng = {"min_depth": lo, "max_depth": hi}
+    preds: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(samples), a.batch):
+        events = net_input_batch([s.events for s in samples[i:i + a.batch]], nets.voxel_norm)
+        preds.setdefault("regression", []).append(nets.regression(events).float())
+        for k in a.denoised:
+            out = denoised_mean(nets.diffusion, nets.regression, events, k * sd, hr, patch)
+            preds.setdefault(f"D(0; {k:g} sigma_data)", []).append(out["denoised"])
+    depth = torch.from_numpy(np.stack([s.depth for s in samples]))
+    mask = torch.from_numpy(np.stack([s.mask for s in samples]))
+    print(f"### 5. Regression + D(0; sigma), {len(samples)} samples of {a.data} "
+          f"(sigma_data {sd:.4f})\n")
+    rows, reg = [], None
+    for name, chunks in preds.items():
+        r = metrics(nets.norm.denormalize(torch.cat(chunks)), depth, mask, rng)
+        reg = r if reg is None else reg
+        rows.append([name, r["abs_rel"], r["sq_rel"], r["mse"], r["rmse"], r["delta1"],
+                     r["boundary_mae"], "" if r is reg else verdict(r, reg)])
+    table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "edge MAE", "vs the regression"],
+          rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.fixes:
+        fixes(a.fixes)
+        return 0
+    if a.denoised:
+        with torch.no_grad():
+            denoised(a)
+        return 0
     nets, depth, mask, reg_n, members_n, secs = load(a)
     lo, hi = nets.depth_range()
     rng = {"min_depth": lo, "max_depth": hi}

@@ -140,6 +140,26 @@ def ensemble_mean(members: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return members.mean(dim=dim)
 
 
+@torch.no_grad()
+def denoised_mean(residual_net: nn.Module, regression_net: nn.Module, cond: torch.Tensor,
+                  sigma: float, hr_mean_conditioning: bool = False,
+                  patch: Optional[GridPatching] = None) -> dict[str, torch.Tensor]:
+    """The regression mean plus the residual net's denoised zero residual, ``D(0; sigma)``.
+
+    For an ideal denoiser ``D(0; sigma) = E[residual | residual + sigma n = 0, cond]``: the
+    residual's conditional mean, shrunk toward the regression mean as a noisy observation of
+    "residual 0" with noise ``sigma`` would shrink it (fully at sigma 0, not at all as sigma grows,
+    where it is the mean that ensembles of many members approach). One net evaluation, no member
+    noise. Returns ``regression`` and ``denoised``, ``[N, C, H, W]`` float32, normalised depth.
+    """
+    mean = regression_net(cond).to(torch.float32)
+    net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if hr_mean_conditioning else cond
+    denoise = make_denoiser(residual_net, net_cond, patch, cond if patch is not None else None)
+    t = torch.tensor(float(sigma), dtype=torch.float64, device=cond.device)
+    res = denoise(torch.zeros_like(mean, dtype=torch.float64), t)
+    return {"regression": mean, "denoised": mean + res.to(torch.float32)}
+
+
 def _img_channels(net: nn.Module) -> int:
     # validation may hand over a DDP / EMA wrapper; the wrapped net knows its channels
     while not hasattr(net, "img_channels") and hasattr(net, "module"):

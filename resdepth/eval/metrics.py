@@ -44,7 +44,8 @@ Common to all:
   is the MAE); and the spread-skill ratio ``sqrt(sum (1 + 1/M) var_i / sum (mean_i - y)^2)`` with
   the unbiased member variance (Fortin et al. 2014), 1 for a calibrated ensemble.
 * Sharpness (``sharpness_sums``): gradient energy of predictions relative to the truth's, and the
-  MAE at true depth boundaries.
+  MAE at true depth boundaries. A point estimate's are its own; an ensemble's are its members'
+  average (``member_sums`` keeps them apart from the ensemble mean's own as ``members_*``).
 """
 from __future__ import annotations
 
@@ -314,6 +315,15 @@ def sharpness_sums(preds_m: torch.Tensor, true_m: torch.Tensor, mask: torch.Tens
     return sums
 
 
+MEMBERS_PREFIX = "members_"
+
+
+def member_sums(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """``sharpness_sums`` of an ensemble's members under ``members_`` keys, so that they sit beside
+    its point estimate's own (``finalize`` gives ``members_grad_energy``, ``members_boundary_mae``)."""
+    return {MEMBERS_PREFIX + k: v for k, v in sums.items()}
+
+
 def _pairs(valid: torch.Tensor, dim: int) -> torch.Tensor:
     """Neighbour pairs along ``dim`` where both pixels are valid (one shorter along ``dim``)."""
     size = valid.shape[dim]
@@ -379,7 +389,8 @@ def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
         if "skill_sum" in sums:
             skill = _f(sums["skill_sum"])
             out["spread_skill"] = math.sqrt(_f(sums["spread_sum"]) / skill) if skill > 0 else math.nan
-    if "grad_true_sum" in sums:
-        out["grad_energy"] = _ratio(sums, "grad_pred_sum", "grad_true_sum")
-        out["boundary_mae"] = _ratio(sums, "boundary_err_sum", "boundary_n")
+    for prefix in ("", MEMBERS_PREFIX):
+        if f"{prefix}grad_true_sum" in sums:
+            out[f"{prefix}grad_energy"] = _ratio(sums, f"{prefix}grad_pred_sum", f"{prefix}grad_true_sum")
+            out[f"{prefix}boundary_mae"] = _ratio(sums, f"{prefix}boundary_err_sum", f"{prefix}boundary_n")
     return out

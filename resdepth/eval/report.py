@@ -26,11 +26,15 @@ METRICS = [("abs_rel", "AbsRel", True), ("sq_rel", "SqRel", True), ("rmse", "RMS
            ("crps", "CRPS [m] (a point forecast's is its MAE)", True),
            ("spread_skill", "spread / skill (1 is calibrated)", None),
            ("grad_energy", "gradient energy / truth's (1: as sharp as the truth)", None),
-           ("boundary_mae", "MAE at depth boundaries [m]", True)]
+           ("boundary_mae", "MAE at depth boundaries [m]", True),
+           ("members_grad_energy", "members' gradient energy / truth's (their average)", None),
+           ("members_boundary_mae", "members' MAE at depth boundaries [m] (their average)", True)]
 COLUMNS = [("baseline", "baseline (per-pixel mean depth)"), ("regression", "regression"),
            ("noise_baseline", "regression + Gaussian noise (residual std)"),
            ("diffusion", "regression + diffusion (ensemble mean)"),
-           ("diffusion_median", "ensemble median"), ("diffusion_member", "one member")]
+           ("diffusion_median", "ensemble median"),
+           ("diffusion_denoised", "regression + denoised residual D(0; sigma)"),
+           ("diffusion_member", "one member")]
 # the per-sequence tables: a few headline metrics per predictor
 SEQUENCE_METRICS = [("abs_rel", "AbsRel"), ("rmse", "RMSE"), ("mae_10m", "MAE<10"),
                     ("mae_20m", "MAE<20"), ("mae_30m", "MAE<30"), ("crps", "CRPS")]

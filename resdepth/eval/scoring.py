@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import torch
 
-from resdepth.eval.metrics import add_sums, depth_metric_sums, ensemble_metric_sums, sharpness_sums
+from resdepth.eval.metrics import (add_sums, depth_metric_sums, ensemble_metric_sums, member_sums,
+                                   sharpness_sums)
 
 
 def fold(sums: dict, name: str, new: dict) -> None:
@@ -33,10 +34,10 @@ GROUP_COUNT = "count"  # the sums of a group's sample count, beside its predicto
 # what a camera moving at walking-to-driving speed gives (2-4 on the synthetic scenes); shot noise
 # alone gives 0.05
 LOW_ACTIVITY_EPP = 0.25
-SAVED = ("regression", "mean", "median", "std", "members")
+SAVED = ("regression", "mean", "median", "denoised", "std", "members")
 # predictors in the order of metrics.json and the report
 PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
-              "diffusion_member")
+              "diffusion_denoised", "diffusion_member")
 
 
 def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
@@ -46,26 +47,36 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
     Point predictors get the protocol's depth metrics, the CRPS of a point forecast (its MAE) and
     sharpness; ensembles (diffusion members, noise baseline) CRPS, spread/skill and the members'
     sharpness; ``diffusion`` scores the ensemble mean, ``diffusion_median`` the member median and
-    ``diffusion_member`` the first member alone.
+    ``diffusion_member`` the first member alone, ``diffusion_denoised`` (when ``pred`` has
+    ``denoised``) the regression mean plus the residual net's ``D(0; sigma)``. The ``diffusion``
+    and ``diffusion_median`` rows' sharpness (``grad_energy``, ``boundary_mae``) is that
+    estimate's own, like every other point estimate's; the members' average sharpness is the
+    ``diffusion`` row's ``members_`` keys.
     """
     rng = {"protocol": ctx.cfg.protocol, "max_depth": ctx.depth_range[1],
            "min_depth": ctx.depth_range[0]}
 
+    def sharpness(x: torch.Tensor) -> dict:
+        return sharpness_sums(x, depth, mask, rng["max_depth"])
+
     def point(x: torch.Tensor) -> dict:
         return {**depth_metric_sums(x, depth, mask, **rng),
-                **ensemble_metric_sums(x[:, None], depth, mask, **rng),
-                **sharpness_sums(x[:, None], depth, mask, rng["max_depth"])}
+                **ensemble_metric_sums(x[:, None], depth, mask, **rng), **sharpness(x[:, None])}
 
     def ensemble(x: torch.Tensor) -> dict:
-        return {**ensemble_metric_sums(x, depth, mask, **rng),
-                **sharpness_sums(x, depth, mask, rng["max_depth"])}
+        return {**ensemble_metric_sums(x, depth, mask, **rng), **sharpness(x)}
 
     out = {"regression": point(pred["regression"])}
     if "members" in pred:
         out["diffusion"] = {**depth_metric_sums(pred["mean"], depth, mask, **rng),
-                            **ensemble(pred["members"])}
-        out["diffusion_median"] = depth_metric_sums(pred["median"], depth, mask, **rng)
+                            **ensemble_metric_sums(pred["members"], depth, mask, **rng),
+                            **sharpness(pred["mean"][:, None]),
+                            **member_sums(sharpness(pred["members"]))}
+        out["diffusion_median"] = {**depth_metric_sums(pred["median"], depth, mask, **rng),
+                                   **sharpness(pred["median"][:, None])}
         out["diffusion_member"] = point(pred["members"][:, 0])
+    if "denoised" in pred:
+        out["diffusion_denoised"] = point(pred["denoised"])
     if "noise_members" in pred:
         out["noise_baseline"] = ensemble(pred["noise_members"])
     if ctx.baseline is not None:
