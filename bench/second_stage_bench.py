@@ -93,7 +93,7 @@ def load(a: argparse.Namespace):
     shards, _ = split_shards(a.data)
     samples = []
     for url, total in shards:
-        for s in iter_samples(url, 0, None, shapes_for(bins, h, w), total):
+        for s in iter_samples(url, 0, None, shapes_of(nets), total):
             samples.append(s)
             if len(samples) >= a.max_samples:
                 break
@@ -105,7 +105,8 @@ def load(a: argparse.Namespace):
     t0 = time.time()
     for i in range(0, len(samples), a.batch):
         batch = samples[i:i + a.batch]
-        events = net_input_batch([s.events for s in batch], nets.voxel_norm)
+        events = net_input_batch([s.events for s in batch], nets.voxel_norm,
+                                 [s.context for s in batch])
         out = generate_ensemble(nets.diffusion, nets.regression, events, [s.key for s in batch],
                                 seed=cfg.seed, members=a.members, num_steps=a.steps,
                                 **sampler_kwargs(cfg, nets), hr_mean_conditioning=hr, patch=patch,
@@ -260,7 +261,7 @@ def saved(a: argparse.Namespace, nets, rng: dict) -> None:
     bins, h, w = nets.data_shape
     truth, masks, est = [], [], {"regression": [], "mean": [], "median": []}
     for url, total in split_shards(a.data)[0]:
-        for s in iter_samples(url, 0, None, shapes_for(bins, h, w), total):
+        for s in iter_samples(url, 0, None, shapes_of(nets), total):
             truth.append(s.depth)
             masks.append(s.mask)
             for k in est:
@@ -366,7 +367,7 @@ def denoised(a: argparse.Namespace) -> None:
     nets = load_nets(cfg, torch.device("cpu"))
     bins, h, w = nets.data_shape
     samples = [s for url, total in split_shards(a.data)[0]
-               for s in iter_samples(url, 0, None, shapes_for(bins, h, w), total)][:a.max_samples]
+               for s in iter_samples(url, 0, None, shapes_of(nets), total)][:a.max_samples]
     sd = float(nets.diffusion_meta["sigma_data"])
     hr = bool(nets.diffusion_meta["spec"].get("hr_mean_conditioning", False))
     patch = make_patching(cfg, nets)
@@ -374,7 +375,9 @@ def denoised(a: argparse.Namespace) -> None:
     rng = {"min_depth": lo, "max_depth": hi}
     preds: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(samples), a.batch):
-        events = net_input_batch([s.events for s in samples[i:i + a.batch]], nets.voxel_norm)
+        part = samples[i:i + a.batch]
+        events = net_input_batch([s.events for s in part], nets.voxel_norm,
+                                 [s.context for s in part])
         preds.setdefault("regression", []).append(nets.regression(events).float())
         for k in a.denoised:
             out = denoised_mean(nets.diffusion, nets.regression, events, k * sd, hr, patch)
@@ -391,6 +394,12 @@ def denoised(a: argparse.Namespace) -> None:
                      r["boundary_mae"], "" if r is reg else verdict(r, reg)])
     table(["estimate", "abs_rel", "sq_rel", "MSE", "RMSE m", "d1", "edge MAE", "vs the regression"],
           rows)
+
+
+def shapes_of(nets) -> dict:
+    """The member shapes of the nets' input split (``context.npy`` with a temporal context)."""
+    bins, h, w = nets.data_shape
+    return shapes_for(bins, h, w, (nets.context or {}).get("bins", 0))
 
 
 def main(argv: list[str] | None = None) -> int:

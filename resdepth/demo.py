@@ -31,7 +31,7 @@ DIFFUSION = ["experiment=baseline_diffusion"]
 EVAL = ["--ensemble", "6", "--steps", "8", "--batch", "16", "--save-predictions"]
 ROWS = [("baseline", "per-pixel mean"), ("regression", "regression"),
         ("noise_baseline", "reg + Gaussian noise"), ("diffusion", "reg + diffusion (mean)"),
-        ("diffusion_member", "one diffusion member")]
+        ("diffusion_denoised", "reg + denoised residual"), ("diffusion_member", "one diffusion member")]
 COLUMNS = [("abs_rel", "abs_rel"), ("rmse", "RMSE m"), ("delta1", "d1"), ("mae_10m", "MAE<10"),
            ("mae_20m", "MAE<20"), ("mae_30m", "MAE<30"), ("crps", "CRPS m"), ("spread_skill", "spr/skill"),
            ("grad_energy", "grad E"), ("boundary_mae", "edge MAE")]

@@ -27,7 +27,7 @@ class SamplerSettings:
     S_min: float = opt(0.0, "Lowest noise level at which churn is applied.")
     S_max: float = opt(float("inf"), "Highest noise level at which churn is applied.")
     S_noise: float = opt(1.0, "Scale of the fresh churn noise; slightly above 1 offsets a denoiser that removes too much noise.")
-    denoised_sigma: float = opt(0.5, "Noise level, in units of sigma_data, of the denoised point estimate: the regression mean plus the residual net's D(0; denoised_sigma x sigma_data), the residual's conditional mean shrunk toward the regression mean as a noisy observation of residual 0 would shrink it (one net evaluation, no member noise; 0: none). Larger values shrink less and approach the many-member ensemble mean; 0.5 beat the regression on every point metric on the demo's validation and test splits for every stage-2 run measured (docs/second-stage.md).")
+    denoised_sigma: float = opt(0.5, "Noise level, in units of sigma_data, of the denoised point estimate: the regression mean plus the residual net's D(0; denoised_sigma x sigma_data), the residual's conditional mean shrunk toward the regression mean as a noisy observation of residual 0 would shrink it (one net evaluation, no member noise; 0: none). Larger values shrink less and approach the many-member ensemble mean; 0.5 was chosen on the validation split of the demo's former independent scenes (docs/second-stage.md).")
 
     def sampler_kwargs(self) -> dict:
         """These settings as keyword arguments of ``generate_ensemble``."""

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 import torch
 
 from resdepth.diffusion.config import SIGMA_MAX_DEFAULT
-from resdepth.diffusion.sampler import StackedRandomGenerator, generate_ensemble, sample_seed
+from resdepth.diffusion.sampler import (StackedRandomGenerator, denoised_mean, generate_ensemble,
+                                        sample_seed)
 from resdepth.infer.config import InferenceSettings
 from resdepth.infer.nets import Nets
 
@@ -15,8 +16,10 @@ from resdepth.infer.nets import Nets
 def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequence[str],
             patching=None, noise_std: Optional[float] = None) -> dict[str, torch.Tensor]:
     """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, their ``mean``,
-    ``median`` and ``std`` (unbiased over members), and with ``noise_std`` (normalised depth, see
-    ``residual_std``) ``noise_members`` of the noise baseline; all float32 in metres.
+    ``median`` and ``std`` (unbiased over members), with ``denoised_sigma`` > 0 ``denoised`` (the
+    regression mean plus the residual net's ``D(0; denoised_sigma x sigma_data)``, one more net
+    call), and with ``noise_std`` (normalised depth, see ``residual_std``) ``noise_members`` of the
+    noise baseline; all float32 in metres.
 
     ``mean`` is ``ensemble_mean`` of the members in normalised depth space, denormalised: the same
     definition as the regression mean and the samplers. ``median`` (lower median) and ``std`` are
@@ -39,6 +42,12 @@ def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequ
     pred = {"regression": norm.denormalize(out["regression"].float()).float(),
             "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
             "median": members.median(dim=1).values, "std": members.std(dim=1)}
+    if cfg.denoised_sigma > 0:
+        with amp:
+            den = denoised_mean(nets.diffusion, nets.regression, events,
+                                cfg.denoised_sigma * float(nets.diffusion_meta["sigma_data"]),
+                                bool(spec.get("hr_mean_conditioning", False)), patching)
+        pred["denoised"] = norm.denormalize(den["denoised"].float()).float()
     if noise_std is not None:
         pred["noise_members"] = norm.denormalize(
             noise_baseline(out["regression"].float(), keys, cfg.seed, cfg.ensemble, noise_std)).float()
