@@ -45,7 +45,7 @@ def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequ
     if cfg.denoised_sigma > 0:
         with amp:
             den = denoised_mean(nets.diffusion, nets.regression, events,
-                                cfg.denoised_sigma * float(nets.diffusion_meta["sigma_data"]),
+                                cfg.denoised_sigma * float(nets.diffusion.sigma_data),
                                 bool(spec.get("hr_mean_conditioning", False)), patching)
         pred["denoised"] = norm.denormalize(den["denoised"].float()).float()
     if noise_std is not None:

@@ -46,7 +46,7 @@ def test_one_process_outputs(reference):
     assert sum(seq_pixels) == m["num_valid_pixels"] and min(seq_pixels) > 0
     assert set(m["sequences"]["day1"]) == set(m) & {"baseline", "regression", "noise_baseline",
                                                     "diffusion", "diffusion_median",
-                                                    "diffusion_member"}
+                                                    "diffusion_denoised", "diffusion_member"}
     report = (reference / "report.md").read_text()
     assert "| AbsRel |" in report and "regression + diffusion" in report
     assert "Protocol pooled" in report and "## Sequence night1 (protocol pooled)" in report
@@ -188,7 +188,8 @@ def test_metrics_recomputed_from_saved_predictions(reference, eval_root):
     recomputed = {"num_samples": len(preds), "num_valid_pixels": m["num_valid_pixels"],
                   **{k: finalize(sums[k]) for k in PREDICTORS if k in sums}}
     assert set(recomputed) - {"num_samples", "num_valid_pixels"} == \
-        {"baseline", "regression", "diffusion", "diffusion_median", "diffusion_member"}
+        {"baseline", "regression", "diffusion", "diffusion_median", "diffusion_denoised",
+         "diffusion_member"}
     recomputed["noise_baseline"] = m["noise_baseline"]  # its members are not saved
     assert_metrics_close(recomputed, m, rel=1e-9)
     # the CRPS of a point forecast is its MAE
