@@ -57,21 +57,21 @@ def input_spec(index: Optional[dict], voxel_norm: str) -> dict[str, Any]:
     spec: dict[str, Any] = {k: params[k] for k in VOXELISATION_KEYS if k in params}
     if index is not None:
         spec["bins"] = int(index["bins"])
-        if index.get("context"):
-            spec["context"] = {"ms": float(index["context"]["ms"]), "bins": int(index["context"]["bins"])}
     spec["voxel_norm"] = voxel_norm
     return spec
 
 
 def context_mismatch(net: Optional[dict], data: Optional[dict], net_name: str = "the net",
-                     data_name: str = "the input") -> Optional[str]:
+                     data_name: str = "the input", fix: Optional[str] = None,
+                     made: str = "trained") -> Optional[str]:
     """Why a net trained with one temporal context cannot take input with another (``{"ms",
-    "bins"}`` or None on each side), or None when they agree."""
+    "bins"}`` or None on each side), or None when they agree; ``fix`` replaces the advice and
+    ``made`` the verb of the first side (two splits: ``packed``)."""
     if (net or None) == (data or None):
         return None
     def say(c: Optional[dict]) -> str:
         return f"context {c['ms']:g} ms in {c['bins']} bins" if c else "no temporal context"
-    fix = ("pack the split with --context-ms/--context-bins as the net was trained" if net
-           else "use a net trained with context, or a split packed without it")
-    return f"{net_name}: trained with {say(net)}; {data_name}: {say(data)}; {fix}"
+    fix = fix or ("pack the split with --context-ms/--context-bins as the net was trained" if net
+                  else "use a net trained with context, or a split packed without it")
+    return f"{net_name}: {made} with {say(net)}; {data_name}: {say(data)}; {fix}"
 

@@ -248,14 +248,20 @@ def synth_events(seed: int, split: str, index: int, p: SynthParams = SynthParams
     rng = sample_rng(seed, split, index)
     scene = make_scene(rng, p)
     v, w = camera_path(rng, p)
-    ctx = p.context_ms * 1e-3 if p.context() else 0.0
-    n = p.substeps + (int(round(ctx / p.window_s * p.substeps)) if ctx else 0)
+    ctx, n = rendered_span(p)
     taus = np.linspace(-p.window_s - ctx, 0.0, n + 1)
     out = _render_events(scene, v[None, :] * taus[:, None], _rotations(w, taus), taus, rng, p)
     out["meta"] = {"sequence": f"{split}-seed{seed}", "t_start": -p.window_s if ctx else float(taus[0]),
                    "t_end": 0.0, "velocity": v.round(4).tolist(), "angular_rate": w.round(5).tolist()}
     out["t_start"], out["t_end"] = out["meta"]["t_start"], 0.0
     return out
+
+
+def rendered_span(p: SynthParams) -> tuple[float, int]:
+    """The context rendered before a window (seconds, 0 without context) and the number of frame
+    intervals over context and window (the window's ``substeps``, the context at the same rate)."""
+    ctx = p.context_ms * 1e-3 if p.context() else 0.0
+    return ctx, p.substeps + (int(round(ctx / p.window_s * p.substeps)) if ctx else 0)
 
 
 def _render_events(scene: dict, origins: np.ndarray, R: np.ndarray, taus: np.ndarray,
@@ -307,10 +313,9 @@ def _trajectory_events(seed: int, split: str, index: int, p: SynthParams) -> dic
     srng = np.random.default_rng([int(seed), SPLIT_IDS[split], seq, 1])  # one scene per sequence
     scene = make_scene(srng, p)
     v, w = camera_path(srng, p)
-    ctx = p.context_ms * 1e-3 if p.context() else 0.0
+    ctx, n = rendered_span(p)
     t1 = -(p.sequence_length - 1 - frame) * p.window_s
     knots = speed_profile(srng, p, p.sequence_length * p.window_s + ctx)
-    n = p.substeps + (int(round(ctx / p.window_s * p.substeps)) if ctx else 0)
     taus = np.linspace(t1 - p.window_s - ctx, t1, n + 1)
     dist = travelled(*knots, taus)
     out = _render_events(scene, v[None, :] * dist[:, None], _rotations(w, dist), taus,

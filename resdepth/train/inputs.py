@@ -78,18 +78,18 @@ class TrainInputs:
         index = read_index_or_none(data.root, "train")
         train = ShardStream.from_config(data, "train", urls=urls, batch_size=micro, seed=seed,
                                         index=index, raw=True, pin_memory=device.type == "cuda")
-        val = None
+        val, val_index = None, None
         val_src = data.val_urls or (str(Path(data.root) / "val") if data.root else None)
         if cfg.run.val_every > 0 and val_src and (data.val_urls or Path(val_src).is_dir()):
+            val_index = read_index_or_none(data.root, "val")
             val = ShardStream.from_config(data, "eval", urls=split_urls(val_src, None),
-                                          batch_size=micro, seed=seed, raw=True,
-                                          index=read_index_or_none(data.root, "val"))
-        val_index = read_index_or_none(data.root, "val") if val is not None else None
+                                          batch_size=micro, seed=seed, raw=True, index=val_index)
         context = context_of(index) if index is not None else peek_context(urls)
-        if val_index is not None and context_mismatch(context, context_of(val_index)):
-            raise UserError(context_mismatch(context, context_of(val_index), "the train split",
-                                             "the val split").split("; ")[0]
-                            + "; pack both splits with the same --context-ms/--context-bins")
+        why = None if val_index is None else context_mismatch(
+            context, context_of(val_index), "the train split", "the val split",
+            fix="pack both splits with the same --context-ms/--context-bins", made="packed")
+        if why:
+            raise UserError(why)
         return cls(DepthNorm.from_config(data), micro, urls, index, *shape_from(index, urls),
                    train, val, context)
 
@@ -104,6 +104,6 @@ class TrainInputs:
         events (the training split's ``index.json`` params) and event normalisation."""
         spec = {"bins": self.bins, "height": self.height, "width": self.width,
                 **input_spec(self.index, cfg.data.voxel_norm)}
-        if self.context:
+        if self.context:  # from index.json, or from the first sample when streaming bare URLs
             spec["context"] = self.context
         return spec

@@ -4,6 +4,7 @@ with another context."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,16 @@ def test_stage2_refuses_a_regression_net_of_another_context(tiny_shards, context
     assert proc.returncode != 0 and "Traceback" not in text
     assert "the regression net: trained with no temporal context; this run's training split: " \
            "context 100 ms in 2 bins" in " ".join(text.split())
+
+
+def test_train_and_val_splits_of_different_contexts_are_refused(context_shards, tmp_path):
+    root = tmp_path / "mixed"
+    shutil.copytree(context_shards / "train", root / "train")
+    subprocess.run([sys.executable, "-m", "resdepth.data.cli", "reshard", str(context_shards / "val"),
+                    str(root / "val"), "--per-shard", "16", "--drop-context"], check=True,
+                   capture_output=True)
+    proc = train(args(root, tmp_path / "run", "trainer.max_steps=1", "run.val_every=1"), check=False)
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0 and "Traceback" not in text
+    assert ("the train split: packed with context 100 ms in 2 bins; the val split: no temporal "
+            "context; pack both splits with the same --context-ms/--context-bins") in text
