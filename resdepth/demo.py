@@ -28,7 +28,10 @@ SHARDS = {"train": 1536, "val": 64, "test": 128}
 SYNTH = ["--sequence-length", "8", "--context-ms", "200", "--context-bins", "4"]
 REGRESSION = ["experiment=baseline_regression"]
 DIFFUSION = ["experiment=baseline_diffusion"]
-EVAL = ["--ensemble", "6", "--steps", "8", "--batch", "16", "--save-predictions"]
+# deterministic sampler steps, the ensemble's spread fitted on the val split (docs/second-stage.md,
+# section 7)
+EVAL = ["--ensemble", "6", "--steps", "8", "--sampler", "deterministic", "--calibrate", "auto",
+        "--batch", "16", "--save-predictions"]
 ROWS = [("baseline", "per-pixel mean"), ("regression", "regression"),
         ("noise_baseline", "reg + Gaussian noise"), ("diffusion", "reg + diffusion (mean)"),
         ("diffusion_denoised", "reg + denoised residual"), ("diffusion_member", "one diffusion member")]

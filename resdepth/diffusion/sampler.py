@@ -140,6 +140,16 @@ def ensemble_mean(members: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return members.mean(dim=dim)
 
 
+def widen(members: torch.Tensor, scale: float, dim: int = 1) -> torch.Tensor:
+    """``members`` (normalised depth) moved away from their ``ensemble_mean`` by ``scale``:
+    ``mean + scale * (member - mean)``. The mean stays; the spread, and every member's distance to
+    the mean, grows by ``scale`` (shrinks below 1). ``scale`` 1 returns ``members`` unchanged."""
+    if scale == 1.0:
+        return members
+    mean = ensemble_mean(members, dim).unsqueeze(dim)
+    return mean + scale * (members - mean)
+
+
 @torch.no_grad()
 def denoised_mean(residual_net: nn.Module, regression_net: nn.Module, cond: torch.Tensor,
                   sigma: float, hr_mean_conditioning: bool = False,
@@ -175,8 +185,8 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
                       rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
                       S_max: float = float("inf"), S_noise: float = 1.0,
                       hr_mean_conditioning: bool = False, patch: Optional[GridPatching] = None,
-                      return_members: bool = False,
-                      max_rows: Optional[int] = None) -> dict[str, torch.Tensor]:
+                      return_members: bool = False, max_rows: Optional[int] = None,
+                      spread_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Regression mean plus ``members`` sampled residuals per image, in normalised depth space.
 
     Returns ``regression``, ``mean`` and ``std`` (unbiased over members, 0 for one member), all
@@ -186,6 +196,7 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
     A net trained on patches always needs ``patch``; ``GridPatching(img, img)`` runs it on whole frames.
     ``max_rows``: images x members per sampler batch (members and images are batched together;
     None or 0: all at once); the result is the same for any value.
+    ``spread_scale``: the members are ``widen``-ed about their mean by it (1: as sampled).
     """
     if len(keys) != cond.shape[0]:
         raise ValueError(f"{len(keys)} keys for a batch of {cond.shape[0]}")
@@ -208,7 +219,7 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
         res = _sample_residuals(residual_net, cond, net_cond, keys, seed, members, mean.shape[1],
                                 sampler, patch, max_rows, settings)
         draws = [mean + res[m] for m in range(members)]
-    stacked = torch.stack(draws, dim=1)
+    stacked = widen(torch.stack(draws, dim=1), spread_scale) if members > 1 else torch.stack(draws, dim=1)
     out = {"regression": mean, "mean": ensemble_mean(stacked),
            "std": stacked.std(dim=1) if members > 1 else torch.zeros_like(mean)}
     if return_members:

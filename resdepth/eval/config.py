@@ -20,6 +20,7 @@ class EvalConfig(InferenceSettings):
     save_predictions: bool = opt(False, "Write pred-<unit>.tar shards with regression, ensemble mean and std per sample.")
     save_members: bool = opt(False, "Also store the ensemble members in the prediction shards.")
     baseline: Optional[str] = opt(None, "Training split for the per-pixel mean-depth baseline (default: sibling train/ of the data split; 'none' disables).")
+    calibrate: Optional[str] = opt(None, "Validation split on which to fit spread_scale first: the evaluation runs there (OUT/calibration/, resumable like any evaluation), takes the scale of least CRPS on a grid from 0.5 to 4 and evaluates --data with it; 'auto': the val/ split beside --data. Unset: spread_scale as given.")
     num_workers: int = opt(0, "Reader threads prefetching samples per rank.")
     preview: int = opt(4, "Samples shown in samples.png (the first ones of the work list).")
     wandb: bool = opt(False, "Log the metrics table and samples.png to Weights & Biases: into the W&B run of the evaluated net's training run when it has one (diffusion, else regression), else a new run in wandb_project.")
@@ -27,8 +28,9 @@ class EvalConfig(InferenceSettings):
 
 
 # Settings that change no number in parts/: a rerun or another array task may differ in these.
+# (``calibrate`` changes numbers only through the ``spread_scale`` it fits, which is hashed)
 NON_RESULT_KEYS = INFERENCE_NON_RESULT_KEYS + ("num_workers", "save_predictions", "save_members", "data",
-                                               "baseline", "wandb", "wandb_project")
+                                               "baseline", "wandb", "wandb_project", "calibrate")
 
 
 def result_hash(cfg: EvalConfig, identity: Mapping[str, object]) -> str:
@@ -46,6 +48,8 @@ def validate(cfg: EvalConfig) -> None:
         errors.append("out: required (output directory)")
     if cfg.max_samples < 0 or cfg.preview < 0 or cfg.num_workers < 0:
         errors.append("max_samples, preview and num_workers must be >= 0")
+    if cfg.calibrate and not cfg.diffusion:
+        errors.append("calibrate: fits the diffusion ensemble's spread; pass --diffusion too")
     errors += inference_errors(cfg)
     if errors:
         raise ConfigError("invalid evaluation configuration:\n  " + "\n  ".join(errors))

@@ -9,7 +9,7 @@ from typing import Any
 from resdepth.eval.metrics import add_sums, finalize
 from resdepth.eval.report import write_report
 from resdepth.eval.scoring import (GROUP_COUNT, GROUP_PREFIX, LOW_ACTIVITY_EPP, PREDICTORS,
-                                   SEQ_PREFIX)
+                                   SEQ_PREFIX, spread_fit)
 from resdepth.infer.parts import missing_units, part_path, read_part, read_plan
 from resdepth.utils.atomic import write_json_atomic
 from resdepth.utils.errors import UserError
@@ -82,6 +82,9 @@ def merge(out_dir) -> dict:
         for name, rows in metrics["groups"].items():
             rows["num_samples"] = int(sums[f"{GROUP_PREFIX}{name}/{GROUP_COUNT}"]["samples"])
         metrics["groups_definition"] = GROUPS_DEFINITION
+    fit = spread_fit(sums)
+    if fit is not None:
+        metrics["spread_calibration"] = fit
     metrics["settings"] = plan["settings"]
     write_json_atomic(out / "metrics.json", metrics, default=str)
     write_report(out, metrics, plan)

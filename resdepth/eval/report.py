@@ -79,6 +79,15 @@ def markdown(metrics: dict) -> str:
     lines += _table({k: v for k, v in metrics.items() if isinstance(v, dict) and k != "groups"},
                     METRICS)
     lines.append("")
+    fit = metrics.get("spread_calibration")
+    if fit:
+        lines += ["## Spread calibration", "",
+                  f"The members widened about their mean by {fit['best']:g} score the least CRPS here: "
+                  f"{fit['crps_at_best']:.4f} m ({_fmt(fit['crps_at_1'])} m as sampled). "
+                  "`resdepth-eval --calibrate` evaluates the test split with that spread_scale.", "",
+                  "| spread_scale | " + " | ".join(f"{s:g}" for s in fit["scales"]) + " |",
+                  "|---|" + "---|" * len(fit["scales"]),
+                  "| CRPS [m] | " + " | ".join(f"{c:.4f}" for c in fit["crps"]) + " |", ""]
     for name, rows in (metrics.get("groups") or {}).items():
         lines += [f"## Group {name}: {rows.get('num_samples', '?')} samples (protocol {protocol})", "",
                   metrics.get("groups_definition", ""), ""]

@@ -7,6 +7,8 @@ part, merge them into ``metrics.json``, ``report.md`` and ``samples.png`` (``res
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from resdepth.eval.config import EvalConfig, result_hash, validate
 from resdepth.eval.merge import merge, summary_line
 from resdepth.eval.predictions import PredictionShard, pred_path
 from resdepth.eval.samples import Sample, iter_samples
-from resdepth.eval.scoring import SAVED, activity_group, score_by_group, to_floats
+from resdepth.eval.scoring import SAVED, SPREAD_GRID, activity_group, score_by_group, to_floats
 from resdepth.eval.wandb_log import log_evaluation
 from resdepth.infer import parts as P
 from resdepth.infer.batching import batches, prefetch
@@ -51,21 +53,73 @@ class Context:
     totals: dict          # shard url -> its sample count in the index (None when uncounted)
     depth_range: tuple[float, float]  # [Dmax exp(-alpha), Dmax] of the depth normalisation
     noise_std: Optional[float]  # the noise baseline's std (normalised depth); None: no noise baseline
+    spread_grid: tuple[float, ...] = ()  # a calibration run's scales (``calibrate``)
+
+
+CALIBRATION = "calibration"  # OUT/calibration/: the evaluation of the calibration split
 
 
 def main(cfg: EvalConfig) -> int:
-    """Evaluate this process's units; the process that completes the work list merges it. 0 when done."""
+    """Evaluate this process's units; the process that completes the work list merges it. 0 when
+    done. With ``calibrate``, first fit ``spread_scale`` on the calibration split."""
     validate(cfg)
     with process_frame(cfg) as frame:
-        ctx, units, plan = prepare(cfg, frame.out)
-        share = Share.of(units, frame)
-        todo = [u for u in share.mine if not unit_done(ctx, u)]
-        with running(frame.out, share, todo, ("evaluate", "evaluated"), "samples", "eval") as progress:
-            for unit in todo:
-                evaluate_unit(ctx, unit, progress)
-                progress.unit_finished(unit.name)
-        finish(cfg, frame, plan)
+        if cfg.calibrate:
+            cfg = calibrate(cfg, frame)
+        evaluate_split(cfg, frame)
     return 0
+
+
+def evaluate_split(cfg: EvalConfig, frame: Frame, spread_grid: tuple[float, ...] = ()) -> None:
+    """This worker's units of ``cfg.data``, then the merge by whoever completes the work list."""
+    ctx, units, plan = prepare(cfg, frame.out, spread_grid)
+    share = Share.of(units, frame)
+    todo = [u for u in share.mine if not unit_done(ctx, u)]
+    label = "calibrate" if spread_grid else "eval"
+    with running(frame.out, share, todo, ("evaluate", "evaluated"), "samples", label) as progress:
+        for unit in todo:
+            evaluate_unit(ctx, unit, progress)
+            progress.unit_finished(unit.name)
+    finish(cfg, frame, plan)
+
+
+def calibration_split(cfg: EvalConfig) -> Path:
+    """The split named by ``calibrate`` ('auto': ``val/`` beside the data split); never the
+    evaluated split itself."""
+    if cfg.calibrate == "auto":
+        guess = Path(cfg.data).parent / "val"
+        if not (Path(cfg.data).is_dir() and guess.is_dir()):
+            raise UserError(f"calibrate=auto: no val/ split beside {cfg.data} (looked for {guess}); "
+                             "pass --calibrate VAL_SPLIT")
+        split = guess
+    else:
+        split = Path(cfg.calibrate)
+        if not split.is_dir():
+            raise UserError(f"calibrate={cfg.calibrate}: no such split directory")
+    if Path(cfg.data).is_dir() and split.resolve() == Path(cfg.data).resolve():
+        raise UserError(f"calibrate={cfg.calibrate}: that is the evaluated split itself; fit the "
+                         "spread on a validation split")
+    return split
+
+
+def calibrate(cfg: EvalConfig, frame: Frame) -> EvalConfig:
+    """``cfg`` with ``spread_scale`` fitted on the calibration split: that split evaluated with
+    the same nets and sampler into ``OUT/calibration/`` (parts, resume and merge as any evaluation;
+    every array task evaluates all of it, so none waits for another), its members scored widened by
+    each scale of ``SPREAD_GRID``, the scale of least CRPS taken."""
+    split = calibration_split(cfg)
+    out = frame.out / CALIBRATION
+    cal = dataclasses.replace(cfg, data=str(split), out=str(out), calibrate=None, spread_scale=1.0,
+                              max_samples=0, noise_baseline=False, baseline="none",
+                              denoised_sigma=0.0, save_predictions=False, save_members=False,
+                              preview=0, wandb=False)
+    evaluate_split(cal, Frame(out, 1, 0), SPREAD_GRID)
+    dist.barrier()
+    fit = json.loads((out / "metrics.json").read_text())["spread_calibration"]
+    if dist.is_main():
+        log.info("spread_scale %g fitted on %s: CRPS %.4f m there (%.4f m as sampled); evaluating "
+                 "%s with it", fit["best"], split, fit["crps_at_best"], fit["crps_at_1"], cfg.data)
+    return dataclasses.replace(cfg, spread_scale=fit["best"], calibrate=str(split))
 
 
 def residual_std(cfg: EvalConfig, nets: Nets) -> Optional[float]:
@@ -77,7 +131,8 @@ def residual_std(cfg: EvalConfig, nets: Nets) -> Optional[float]:
 
 
 def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[dict],
-              baseline: Optional[list], device: torch.device) -> dict:
+              baseline: Optional[list], device: torch.device,
+              spread_grid: tuple[float, ...] = ()) -> dict:
     """The work list and the settings that every part of it must share.
 
     ``baseline`` names the training split of the mean-depth baseline (None: no baseline);
@@ -92,9 +147,13 @@ def make_plan(cfg: EvalConfig, nets: Nets, units: list[Unit], index: Optional[di
                 "units": [(u.name, u.count) for u in units]}
     if cfg.diffusion:
         identity["noise_device"] = device.type
+    if spread_grid:
+        identity["spread_grid"] = list(spread_grid)
     with_baseline = baseline is not None
     settings = {"ensemble": cfg.ensemble if cfg.diffusion else None, "steps": cfg.steps,
                 "sampler": cfg.sampler, "patch": cfg.patch, "seed": cfg.seed,
+                "spread_scale": cfg.spread_scale if cfg.diffusion else None,
+                "spread_scale_fitted_on": cfg.calibrate,
                 "protocol": cfg.protocol,
                 "noise_std": residual_std(cfg, nets)}
     return {"hash": result_hash(cfg, identity), "data": cfg.data, "num_samples": total,
@@ -118,8 +177,10 @@ def check_split(data: str, index: Optional[dict], nets: Nets) -> None:
             raise UserError(why)
 
 
-def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
-    """Nets, work list, plan (written by rank 0) and baseline: what this process's units need."""
+def prepare(cfg: EvalConfig, out: Path,
+            spread_grid: tuple[float, ...] = ()) -> tuple[Context, list[Unit], dict]:
+    """Nets, work list, plan (written by rank 0) and baseline: what this process's units need
+    (``spread_grid``: the scales a calibration run scores)."""
     device = resolve_device(cfg)
     nets = load_nets(cfg, device)
     bins, h, w = nets.data_shape
@@ -130,7 +191,7 @@ def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
         raise UserError(f"{cfg.data}: no samples to evaluate")
     train = baseline_dir(cfg)
     train_identity = baseline_identity(train) if train is not None else None
-    plan = make_plan(cfg, nets, units, index, train_identity, device)
+    plan = make_plan(cfg, nets, units, index, train_identity, device, spread_grid)
     if dist.is_main():
         (out / P.PARTS).mkdir(parents=True, exist_ok=True)
         P.write_plan(out, plan)
@@ -140,7 +201,7 @@ def prepare(cfg: EvalConfig, out: Path) -> tuple[Context, list[Unit], dict]:
                   None if base is None else torch.from_numpy(base)[None].to(device), plan["hash"],
                   device, shapes_for(bins, h, w, (nets.context or {}).get("bins", 0)), dict(shards),
                   nets.depth_range(),
-                  residual_std(cfg, nets))
+                  residual_std(cfg, nets), tuple(spread_grid))
     return ctx, units, plan
 
 
@@ -216,7 +277,8 @@ def evaluate_batch(ctx: Context, unit: Unit, n: int, batch: list[Sample],
     # metrics run where the predictions are: only the saved arrays come back to the host
     depth = torch.from_numpy(np.stack([s.depth for s in batch])).to(ctx.device)
     mask = torch.from_numpy(mask_host).to(ctx.device)
-    pred = predict(cfg, ctx.nets, events, keys, ctx.patching, ctx.noise_std)
+    pred = predict(cfg, ctx.nets, events, keys, ctx.patching, ctx.noise_std,
+                   keep_normalised=bool(ctx.spread_grid))
     score_by_group(ctx, sums, pred, depth, mask, [s.sequence for s in batch],
                    [activity_group(s.num_events, int(s.mask.sum())) for s in batch])
     previewed = unit.offset is not None and unit.offset + n < cfg.preview

@@ -6,8 +6,9 @@ from typing import Any, Optional
 
 import torch
 
-from resdepth.eval.metrics import (add_sums, depth_metric_sums, ensemble_metric_sums, member_sums,
-                                   sharpness_sums)
+from resdepth.diffusion.sampler import widen
+from resdepth.eval.metrics import (add_sums, depth_metric_sums, ensemble_metric_sums, finalize,
+                                   member_sums, sharpness_sums)
 
 
 def fold(sums: dict, name: str, new: dict) -> None:
@@ -35,6 +36,9 @@ GROUP_COUNT = "count"  # the sums of a group's sample count, beside its predicto
 # alone gives 0.05
 LOW_ACTIVITY_EPP = 0.25
 SAVED = ("regression", "mean", "median", "denoised", "std", "members")
+# a calibration run scores the members widened by each of these (``resdepth.eval.run.calibrate``)
+SPREAD_GRID = tuple(round(0.5 + 0.1 * i, 1) for i in range(36))  # 0.5 ... 4.0
+SPREAD_PREFIX = "spread@"
 # predictors in the order of metrics.json and the report
 PREDICTORS = ("baseline", "regression", "noise_baseline", "diffusion", "diffusion_median",
               "diffusion_denoised", "diffusion_member")
@@ -81,7 +85,24 @@ def score_batch(ctx: Any, pred: dict[str, torch.Tensor], depth: torch.Tensor,
         out["noise_baseline"] = ensemble(pred["noise_members"])
     if ctx.baseline is not None:
         out["baseline"] = point(ctx.baseline.expand_as(depth))
+    if "members_normalised" in pred:  # a calibration run (``predict(..., keep_normalised=True)``)
+        for scale in ctx.spread_grid:  # widened as generate_ensemble widens them: before clipping
+            widened = ctx.nets.norm.denormalize(widen(pred["members_normalised"], scale)).float()
+            out[f"{SPREAD_PREFIX}{scale:g}"] = ensemble_metric_sums(widened, depth, mask, **rng)
     return out
+
+
+def spread_fit(sums: dict[str, dict]) -> Optional[dict]:
+    """The CRPS of the members widened by each scale of a calibration run and the scale of least
+    CRPS (``best``; the one nearest 1 among equals); None when the sums have no such scores."""
+    scales = sorted(float(k[len(SPREAD_PREFIX):]) for k in sums if k.startswith(SPREAD_PREFIX))
+    if not scales:
+        return None
+    crps = [finalize(sums[f"{SPREAD_PREFIX}{s:g}"])["crps"] for s in scales]
+    best = min(range(len(scales)), key=lambda i: (crps[i], abs(scales[i] - 1.0)))
+    return {"best": scales[best], "crps_at_best": crps[best],
+            "crps_at_1": crps[scales.index(1.0)] if 1.0 in scales else None,
+            "scales": scales, "crps": crps}
 
 
 def activity_group(num_events: Optional[int], valid_pixels: int) -> Optional[str]:

@@ -19,6 +19,7 @@ class InferenceSettings(SamplerSettings):
     diffusion: Optional[str] = opt(None, "Residual diffusion run directory, export directory or weights file; omitted: regression only.")
     ensemble: int = opt(8, "Ensemble members drawn per image by the diffusion sampler.")
     steps: int = opt(18, "Sampler steps.")
+    spread_scale: float = opt(1.0, "The members are moved away from their ensemble mean by this factor (mean + spread_scale x (member - mean), normalised depth): the mean stays, the spread grows above 1. A residual net trained briefly draws too narrow an ensemble; `resdepth-eval --calibrate` fits the factor on a validation split by minimum CRPS and metrics.json records it.")
     patch: int = opt(0, "Patch size for patch-based diffusion sampling (0 samples the full image).")
     overlap: int = opt(4, "Overlap in pixels between neighbouring patches.")
     boundary: int = opt(2, "Boundary pixels padded around each patch.")
@@ -89,6 +90,8 @@ def inference_errors(cfg: InferenceSettings) -> list[str]:
         errors.append(f"threads: must be >= 0, got {cfg.threads}")
     if cfg.sample_rows < 0:
         errors.append(f"sample_rows: must be >= 0, got {cfg.sample_rows}")
+    if not cfg.spread_scale > 0:
+        errors.append(f"spread_scale: must be > 0, got {cfg.spread_scale}")
     if cfg.patch < 0:
         errors.append(f"patch: must be >= 0, got {cfg.patch}")
     if cfg.patch and not 0 <= cfg.overlap < cfg.patch:

@@ -14,12 +14,14 @@ from resdepth.infer.nets import Nets
 
 @torch.no_grad()
 def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequence[str],
-            patching=None, noise_std: Optional[float] = None) -> dict[str, torch.Tensor]:
+            patching=None, noise_std: Optional[float] = None,
+            keep_normalised: bool = False) -> dict[str, torch.Tensor]:
     """``regression [N,1,H,W]`` and, with a diffusion net, ``members [N,M,1,H,W]``, their ``mean``,
     ``median`` and ``std`` (unbiased over members), with ``denoised_sigma`` > 0 ``denoised`` (the
     regression mean plus the residual net's ``D(0; denoised_sigma x sigma_data)``, one more net
     call), and with ``noise_std`` (normalised depth, see ``residual_std``) ``noise_members`` of the
-    noise baseline; all float32 in metres.
+    noise baseline; all float32 in metres. ``keep_normalised`` adds ``members_normalised``, the
+    members in normalised depth before they are clipped to the depth range.
 
     ``mean`` is ``ensemble_mean`` of the members in normalised depth space, denormalised: the same
     definition as the regression mean and the samplers. ``median`` (lower median) and ``std`` are
@@ -37,11 +39,13 @@ def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequ
             nets.diffusion, nets.regression, events, list(keys), seed=cfg.seed,
             members=cfg.ensemble, num_steps=cfg.steps, **sampler_kwargs(cfg, nets),
             hr_mean_conditioning=bool(spec.get("hr_mean_conditioning", False)), patch=patching,
-            return_members=True, max_rows=cfg.sample_rows or None)
+            return_members=True, max_rows=cfg.sample_rows or None, spread_scale=cfg.spread_scale)
     members = norm.denormalize(out["members"].float()).float()
     pred = {"regression": norm.denormalize(out["regression"].float()).float(),
             "members": members, "mean": norm.denormalize(out["mean"].float()).float(),
             "median": members.median(dim=1).values, "std": members.std(dim=1)}
+    if keep_normalised:
+        pred["members_normalised"] = out["members"].float()
     if cfg.denoised_sigma > 0:
         with amp:
             den = denoised_mean(nets.diffusion, nets.regression, events,
