@@ -219,7 +219,7 @@ def generate_ensemble(residual_net: Optional[nn.Module], regression_net: Optiona
         res = _sample_residuals(residual_net, cond, net_cond, keys, seed, members, mean.shape[1],
                                 sampler, patch, max_rows, settings)
         draws = [mean + res[m] for m in range(members)]
-    stacked = widen(torch.stack(draws, dim=1), spread_scale) if members > 1 else torch.stack(draws, dim=1)
+    stacked = widen(torch.stack(draws, dim=1), spread_scale)  # one member: its own mean, unchanged
     out = {"regression": mean, "mean": ensemble_mean(stacked),
            "std": stacked.std(dim=1) if members > 1 else torch.zeros_like(mean)}
     if return_members:
