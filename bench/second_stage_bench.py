@@ -19,6 +19,10 @@ scores with ``resdepth.eval.metrics`` (protocol pooled). Prints markdown tables:
 ``--denoised K ...`` prints only table 5: the regression mean plus the residual net's denoised zero
 residual ``D(0; K sigma_data)`` on the first ``--max-samples`` samples.
 
+``--bootstrap NAME=EVAL_DIR ...`` prints only how sure each evaluation's CRPS gain is: the gain
+over the noise-dressed regression with the test split's sequences resampled with replacement (its
+5-95 % range), and each sequence's own gain.
+
 ``--fixes NAME=EVAL_DIR ...`` prints only the table of stage-2 variants instead: each evaluation's
 regression, ensemble mean and member median on the goal's metrics, the CRPS gain over the
 noise-dressed regression, and which metrics beat the regression.
@@ -72,6 +76,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fixes", nargs="+", default=None, metavar="NAME=EVAL_DIR",
                    help="only print the fixes table of these evaluations (their metrics.json, "
                         "evaluated with the point estimates' own sharpness columns)")
+    p.add_argument("--bootstrap", nargs="+", default=None, metavar="NAME=EVAL_DIR",
+                   help="only print how sure each evaluation's CRPS gain is: its sequences "
+                        "resampled with replacement")
     p.add_argument("--denoised", nargs="+", type=float, default=None, metavar="K",
                    help="only print table 5: regression + D(0; K x sigma_data) for each K")
     a = p.parse_args(argv)
@@ -360,6 +367,32 @@ def fixes(evals: list[str]) -> None:
            "CRPS gain", "vs the regression"], rows)
 
 
+def bootstrap(evals: list[str], draws: int = 10000, seed: int = 0) -> None:
+    """How sure each evaluation's CRPS gain is: its sequences (``metrics.json["sequences"]``)
+    resampled with replacement ``draws`` times, the pooled gain over the noise-dressed regression
+    of each draw; prints the split's gain, the 5-95 % range and each sequence's own gain."""
+    import json
+
+    rows = []
+    for item in evals:
+        name, _, out = item.rpartition("=")
+        seqs = json.loads((Path(out) / "metrics.json").read_text()).get("sequences") or {}
+        if not seqs:
+            raise SystemExit(f"{out}/metrics.json has no per-sequence tables to resample")
+        pix = np.array([s["diffusion"]["num_valid_pixels"] for s in seqs.values()], float)
+        ours = np.array([s["diffusion"]["crps"] for s in seqs.values()]) * pix
+        noise = np.array([s["noise_baseline"]["crps"] for s in seqs.values()]) * pix
+        pick = np.random.default_rng(seed).integers(0, len(seqs), (draws, len(seqs)))
+        gains = 100 * (1 - ours[pick].sum(1) / noise[pick].sum(1))
+        lo, hi = np.percentile(gains, [5, 95])
+        own = " ".join(f"{100 * (1 - o / n):.0f}" for o, n in zip(ours, noise))
+        rows.append([name or out, len(seqs), f"{100 * (1 - ours.sum() / noise.sum()):.1f} %",
+                     f"{lo:.1f} to {hi:.1f} %", f"{np.mean(gains >= 20):.2f}", own])
+    print(f"### CRPS gain over the noise-dressed regression, sequences resampled ({draws} draws)\n")
+    table(["evaluation", "sequences", "gain", "5-95 %", "share of draws >= 20 %",
+           "each sequence's gain, %"], rows)
+
+
 def denoised(a: argparse.Namespace) -> None:
     """Table 5: the regression mean plus the residual net's ``D(0; k sigma_data)`` (one net
     evaluation, no member noise) for each ``k`` of ``--denoised``, on the first samples."""
@@ -408,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     if a.fixes:
         fixes(a.fixes)
+        return 0
+    if a.bootstrap:
+        bootstrap(a.bootstrap)
         return 0
     if a.denoised:
         with torch.no_grad():
