@@ -29,9 +29,9 @@ SYNTH = ["--sequence-length", "8", "--context-ms", "200", "--context-bins", "4"]
 REGRESSION = ["experiment=baseline_regression"]
 DIFFUSION = ["experiment=baseline_diffusion"]
 # deterministic sampler steps, the ensemble's spread fitted on the val split (docs/second-stage.md,
-# section 7)
+# section 7); units of 32 windows, so that both processes share the 64 val windows
 EVAL = ["--ensemble", "6", "--steps", "8", "--sampler", "deterministic", "--calibrate", "auto",
-        "--batch", "16", "--save-predictions"]
+        "--unit-size", "32", "--batch", "16", "--save-predictions"]
 ROWS = [("baseline", "per-pixel mean"), ("regression", "regression"),
         ("noise_baseline", "reg + Gaussian noise"), ("diffusion", "reg + diffusion (mean)"),
         ("diffusion_denoised", "reg + denoised residual"), ("diffusion_member", "one diffusion member")]
