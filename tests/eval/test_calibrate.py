@@ -73,6 +73,17 @@ def test_calibration_resumes_from_its_parts(calibrated, eval_root, exports, val_
     assert [p.stat().st_mtime_ns for p in parts] == stamps
 
 
+def test_array_tasks_each_fit_the_same_scale(calibrated, eval_root, exports, val_split, tmp_path):
+    out = tmp_path / "ev"
+    for t in range(2):  # the first task fits on the whole val split, the second finds its parts
+        proc = run_eval(eval_args(exports, eval_root / "test", out, "--calibrate", str(val_split),
+                                  "--num-tasks", "2", "--task-id", str(t)))
+        assert (out / "metrics.json").exists() == (t == 1), proc.stderr[-2000:]
+        assert f"spread_scale {metrics(calibrated)['settings']['spread_scale']:g} fitted" in proc.stderr
+    assert_metrics_close(metrics(out), metrics(calibrated), rel=1e-9)
+    assert metrics(out)["settings"] == metrics(calibrated)["settings"]
+
+
 def test_bad_calibration_splits_are_refused_in_one_line(eval_root, exports, tmp_path):
     cases = [(["--calibrate", "auto"], "calibrate=auto: no val/ split beside"),
              (["--calibrate", str(eval_root / "test")], "that is the evaluated split itself"),
