@@ -125,10 +125,23 @@ def submit_predict(cfg, res: Resources, cluster: str, array: int) -> tuple[Submi
                        expect="frames.csv")
 
 
+# how long Slurm may still list a job as running after its result is written
+SCHEDULER_GRACE_S = 120.0
+
+
 def wait_done(sub: Submitted) -> None:
-    """Block until a job ends (local and debug clusters, which know no dependencies)."""
+    """Block until a job has ended: its result is written and, on Slurm, sacct no longer lists it
+    as running (submitit's result file comes a moment before the job step ends, and a ``status``
+    read right after would still say RUNNING)."""
+    import submitit
+
     for job in sub.jobs:
         job.results()
+        if isinstance(job, submitit.SlurmJob):
+            deadline = time.monotonic() + SCHEDULER_GRACE_S
+            while (not job.watcher.is_done(job.job_id, mode="force")
+                   and time.monotonic() < deadline):
+                time.sleep(1.0)
 
 
 def submit_pipeline(root: Path, regression: str, diffusion: str, overrides: list[str],
