@@ -411,9 +411,10 @@ def denoised(a: argparse.Namespace) -> None:
         part = samples[i:i + a.batch]
         events = net_input_batch([s.events for s in part], nets.voxel_norm,
                                  [s.context for s in part])
-        preds.setdefault("regression", []).append(nets.regression(events).float())
+        mean = nets.regression(events).float()
+        preds.setdefault("regression", []).append(mean)
         for k in a.denoised:
-            out = denoised_mean(nets.diffusion, nets.regression, events, k * sd, hr, patch)
+            out = denoised_mean(nets.diffusion, nets.regression, events, k * sd, hr, patch, mean)
             preds.setdefault(f"D(0; {k:g} sigma_data)", []).append(out["denoised"])
     depth = torch.from_numpy(np.stack([s.depth for s in samples]))
     mask = torch.from_numpy(np.stack([s.mask for s in samples]))

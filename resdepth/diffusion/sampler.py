@@ -153,7 +153,8 @@ def widen(members: torch.Tensor, scale: float, dim: int = 1) -> torch.Tensor:
 @torch.no_grad()
 def denoised_mean(residual_net: nn.Module, regression_net: nn.Module, cond: torch.Tensor,
                   sigma: float, hr_mean_conditioning: bool = False,
-                  patch: Optional[GridPatching] = None) -> dict[str, torch.Tensor]:
+                  patch: Optional[GridPatching] = None,
+                  mean: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """The regression mean plus the residual net's denoised zero residual, ``D(0; sigma)``.
 
     For an ideal denoiser ``D(0; sigma) = E[residual | residual + sigma n = 0, cond]``: the
@@ -161,8 +162,10 @@ def denoised_mean(residual_net: nn.Module, regression_net: nn.Module, cond: torc
     "residual 0" with noise ``sigma`` would shrink it (fully at sigma 0, not at all as sigma grows,
     where it is the mean that ensembles of many members approach). One net evaluation, no member
     noise. Returns ``regression`` and ``denoised``, ``[N, C, H, W]`` float32, normalised depth.
+    ``mean``: the regression mean of ``cond`` when the caller has it already (``regression_net``
+    is then not run again).
     """
-    mean = regression_net(cond).to(torch.float32)
+    mean = regression_net(cond).to(torch.float32) if mean is None else mean.to(torch.float32)
     net_cond = torch.cat([mean, cond.to(torch.float32)], 1) if hr_mean_conditioning else cond
     denoise = make_denoiser(residual_net, net_cond, patch, cond if patch is not None else None)
     t = torch.tensor(float(sigma), dtype=torch.float64, device=cond.device)

@@ -50,7 +50,8 @@ def predict(cfg: InferenceSettings, nets: Nets, events: torch.Tensor, keys: Sequ
         with amp:
             den = denoised_mean(nets.diffusion, nets.regression, events,
                                 cfg.denoised_sigma * float(nets.diffusion.sigma_data),
-                                bool(spec.get("hr_mean_conditioning", False)), patching)
+                                bool(spec.get("hr_mean_conditioning", False)), patching,
+                                mean=out["regression"])
         pred["denoised"] = norm.denormalize(den["denoised"].float()).float()
     if noise_std is not None:
         pred["noise_members"] = norm.denormalize(

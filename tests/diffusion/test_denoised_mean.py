@@ -25,6 +25,19 @@ def test_exact_denoiser_gives_the_shrunk_posterior_mean(sigma):
     assert torch.all(out["regression"] == 0.25)
 
 
+class NotRun(nn.Module):
+    def forward(self, cond):
+        raise AssertionError("the regression net ran although its mean was given")
+
+
+def test_a_given_regression_mean_is_not_computed_again():
+    cond = torch.randn(2, 2, 4, 5)
+    ran = denoised_mean(GaussianDenoiser(0.3, 0.1), ConstMean(), cond, 0.5)
+    given = denoised_mean(GaussianDenoiser(0.3, 0.1), NotRun(), cond, 0.5,
+                          mean=torch.full_like(cond[:, :1], 0.25))
+    assert torch.equal(given["denoised"], ran["denoised"])
+
+
 def test_large_sigma_is_where_many_members_average_to():
     # the exact denoiser's D(0; sigma) tends to the residual's mean, as the ensemble mean does
     mu, sd = 0.3, 0.1
