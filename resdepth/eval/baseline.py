@@ -15,7 +15,7 @@ import torch
 
 from resdepth import dist
 from resdepth.data import format as fmt
-from resdepth.eval.config import EvalConfig
+from resdepth.eval.config import EvalConfig, sibling_split
 from resdepth.eval.samples import iter_samples
 from resdepth.infer.parts import save_npy_atomic
 from resdepth.infer.work import split_shards
@@ -36,13 +36,12 @@ def baseline_dir(cfg: EvalConfig) -> Optional[Path]:
         if not p.is_dir():
             raise FileNotFoundError(f"baseline={cfg.baseline}: no such split directory")
         return p
-    data = Path(cfg.data)
-    guess = data.parent / "train"
-    if data.is_dir() and guess.is_dir() and guess.resolve() != data.resolve():
-        return guess
-    log.warning("no training split beside %s (looked for %s): the mean-depth baseline is left out; "
-                "pass --baseline TRAIN_SPLIT to include it", cfg.data, guess)
-    return None
+    train = sibling_split(cfg.data, "train")
+    if train is None:
+        log.warning("no training split beside %s (looked for %s): the mean-depth baseline is left "
+                    "out; pass --baseline TRAIN_SPLIT to include it", cfg.data,
+                    Path(cfg.data).parent / "train")
+    return train
 
 
 def per_pixel_mean(depth_sum: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Mapping, Optional
 
 from resdepth.config.core import ConfigError, opt
@@ -37,6 +38,15 @@ def result_hash(cfg: EvalConfig, identity: Mapping[str, object]) -> str:
     """Hash of every evaluation setting that changes a number in a part, plus the inputs' identities
     (``resdepth.infer.config.result_hash`` without evaluation's ``NON_RESULT_KEYS``)."""
     return infer_config.result_hash(cfg, identity, NON_RESULT_KEYS)
+
+
+def sibling_split(data: str, name: str) -> Optional[Path]:
+    """The split ``name`` beside the split directory ``data`` (``shards/val`` beside
+    ``shards/test``), or None when ``data`` is not a directory or there is no such other split."""
+    guess = Path(data).parent / name
+    if Path(data).is_dir() and guess.is_dir() and guess.resolve() != Path(data).resolve():
+        return guess
+    return None
 
 
 def validate(cfg: EvalConfig) -> None:

@@ -21,7 +21,7 @@ from resdepth import dist
 from resdepth.data.format import context_of, shapes_for
 from resdepth.data.netinput import context_mismatch, net_input_batch
 from resdepth.eval.baseline import baseline_dir, baseline_identity, load_or_compute
-from resdepth.eval.config import EvalConfig, result_hash, validate
+from resdepth.eval.config import EvalConfig, result_hash, sibling_split, validate
 from resdepth.eval.merge import merge, summary_line
 from resdepth.eval.predictions import PredictionShard, pred_path
 from resdepth.eval.samples import Sample, iter_samples
@@ -87,11 +87,10 @@ def calibration_split(cfg: EvalConfig) -> Path:
     """The split named by ``calibrate`` ('auto': ``val/`` beside the data split); never the
     evaluated split itself."""
     if cfg.calibrate == "auto":
-        guess = Path(cfg.data).parent / "val"
-        if not (Path(cfg.data).is_dir() and guess.is_dir()):
-            raise UserError(f"calibrate=auto: no val/ split beside {cfg.data} (looked for {guess}); "
-                             "pass --calibrate VAL_SPLIT")
-        split = guess
+        split = sibling_split(cfg.data, "val")
+        if split is None:
+            raise UserError(f"calibrate=auto: no val/ split beside {cfg.data} (looked for "
+                             f"{Path(cfg.data).parent / 'val'}); pass --calibrate VAL_SPLIT")
     else:
         split = Path(cfg.calibrate)
         if not split.is_dir():
@@ -119,6 +118,10 @@ def calibrate(cfg: EvalConfig, frame: Frame) -> EvalConfig:
     if dist.is_main():
         log.info("spread_scale %g fitted on %s: CRPS %.4f m there (%.4f m as sampled); evaluating "
                  "%s with it", fit["best"], split, fit["crps_at_best"], fit["crps_at_1"], cfg.data)
+        if fit["best"] in (SPREAD_GRID[0], SPREAD_GRID[-1]):
+            log.warning("spread_scale %g is at the end of the calibration grid [%g, %g]: the "
+                        "ensemble is far from calibrated (too few sampler steps or an untrained "
+                        "residual net?)", fit["best"], SPREAD_GRID[0], SPREAD_GRID[-1])
     return dataclasses.replace(cfg, spread_scale=fit["best"], calibrate=str(split))
 
 
