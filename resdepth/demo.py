@@ -20,7 +20,7 @@ from rich.table import Table
 
 console = Console()
 
-# Sizes chosen so that the demo finishes in under 10 minutes on 2 CPU cores.
+# Sizes chosen so that the demo finishes in about 10 minutes on 2 CPU cores (9.5-11 measured).
 SHARDS = {"train": 1536, "val": 64, "test": 128}
 # Trajectories of 8 windows with slow-downs and stops, and the 200 ms before each window as
 # temporal context: context lowers the error where the camera sees few events
